@@ -1,0 +1,101 @@
+"""The `usclf` command: each sub-command parses its options into a config and calls one stage function.
+
+Every sub-command accepts `--config FILE.yaml` (typed dataclass config, see configs/) and trailing
+`key=value` overrides (dotted for nested keys, e.g. `train.epochs=5`). Problems with the user's input are
+reported as one line on stderr (exit status 2), never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from .errors import UsclfError
+
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help_text: str, target: str):
+    """Register a sub-command: `target` is 'module:function' taking the parsed args (imported lazily)."""
+    def deco(add_args: Callable[[argparse.ArgumentParser], None]):
+        COMMANDS[name] = (help_text, add_args, target)
+        return add_args
+    return deco
+
+
+def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
+    if config:
+        p.add_argument("--config", metavar="YAML", help="YAML config file (see configs/); options below and "
+                       "key=value overrides take precedence")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="config overrides, dotted for nested keys (e.g. train.epochs=5)")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow tracking URI (default: env MLFLOW_TRACKING_URI, "
+                   "else sqlite:///mlflow.db in the working directory)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+@command("simulate", "write simulated ultrasound exam folders + labels.csv (development data, not science)",
+         "usclf.stages.cli_data:run_simulate")
+def _simulate(p):
+    p.add_argument("--exams", type=int, help="number of exams to simulate (default 20)")
+    p.add_argument("--out", required=True, help="output folder (exam sub-folders + labels.csv)")
+    p.add_argument("--format", choices=["png", "dicom", "mixed"], help="file format of the frames (default png)")
+    p.add_argument("--size", type=int, help="frame size in pixels (default 128)")
+    p.add_argument("--seed", type=int, help="random seed (default 0): same seed, same files")
+    _common(p)
+
+
+@command("ingest", "read exam folders (DICOM/PNG/JPEG) into a clean cache + manifest, then split by patient",
+         "usclf.stages.cli_data:run_ingest")
+def _ingest(p):
+    p.add_argument("root", help="export root: one folder per exam (or DICOM studies anywhere below)")
+    p.add_argument("--out", required=True, help="dataset folder to write (images.npy, manifest.csv, report)")
+    p.add_argument("--labels", metavar="CSV", help="labels CSV: path[,frame] + one 0/1 column per class")
+    p.add_argument("--size", type=int, help="cache image size in pixels (default 128)")
+    p.add_argument("--no-split", action="store_true", help="only ingest; leave every row 'unlabeled'")
+    _common(p)
+
+
+@command("split", "re-draw the patient-disjoint unlabeled/train/val/test split of an ingested dataset",
+         "usclf.stages.cli_data:run_split")
+def _split(p):
+    p.add_argument("data", help="dataset folder written by `usclf ingest`")
+    p.add_argument("--seed", type=int, help="split seed")
+    _common(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="usclf", description="Semi-supervised ultrasound organ classification: deep clustering "
+        "(PICA/LSD), cluster matching, supervised and FixMatch fine-tuning, batch prediction.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `usclf COMMAND --help` for the options of each command.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_args, _) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        add_args(sp)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 1
+    module, func = COMMANDS[args.command][2].split(":")
+    try:
+        import importlib
+        fn = getattr(importlib.import_module(module), func)
+        fn(args)
+    except UsclfError as e:
+        print(f"usclf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"usclf {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

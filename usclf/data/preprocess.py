@@ -1,0 +1,111 @@
+"""Frame clean-up for the cache: colour-Doppler detection, grey conversion, scan-region crop, resize.
+
+`prepare_frame` is the one entry point used by ingest and the adapters: RGB/gray uint8 frame in,
+`size x size` uint8 gray frame out, or None with a reason (colour Doppler, blank frame).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def coloured_fraction(rgb: np.ndarray, chroma: float) -> float:
+    """Fraction of pixels whose max-min over the RGB channels exceeds `chroma`."""
+    if rgb.ndim != 3:
+        return 0.0
+    spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2).astype(np.int16)
+    return float(np.mean(spread > chroma))
+
+
+def to_gray(arr: np.ndarray, chroma: float = 40.0, fraction: float = 0.01,
+            drop_doppler: bool = True) -> tuple[np.ndarray | None, str]:
+    """Gray frame, or (None, reason) when the frame looks like colour Doppler (many coloured pixels)."""
+    if arr.ndim == 2:
+        return arr, ""
+    if drop_doppler:
+        frac = coloured_fraction(arr, chroma)
+        if frac > fraction:
+            return None, f"colour Doppler ({frac:.1%} coloured pixels > {fraction:.1%})"
+    return cv2.cvtColor(np.ascontiguousarray(arr[..., :3]), cv2.COLOR_RGB2GRAY), ""
+
+
+def scan_region_mask(gray: np.ndarray, threshold: int = 10, close_frac: float = 0.02,
+                     min_area_frac: float = 0.05, work: int = 256) -> np.ndarray | None:
+    """Filled convex hull of the largest bright connected component (the sector), or None.
+
+    Blur + threshold finds tissue pixels; a closing bridges the dark speckle gaps inside the sector but
+    not the black margin between sector and burned-in text; the convex hull fills anechoic regions
+    (gallbladder, bladder) that touch the sector border. None when no component covers
+    `min_area_frac` of the frame (then the caller keeps the whole frame).
+    """
+    h, w = gray.shape
+    # Find the sector on a copy at most `work` px wide: the mask only needs its outline, and the
+    # closing kernel grows with the frame, so full resolution costs ~10x more for the same hull.
+    scale = min(1.0, work / max(h, w))
+    small = gray if scale == 1.0 else cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                                 interpolation=cv2.INTER_AREA)
+    sh, sw = small.shape
+    k = 3 if min(sh, sw) < 64 else 5
+    blur = cv2.GaussianBlur(small, (k, k), 0)
+    mask = (blur > threshold).astype(np.uint8)
+    r = max(1, int(round(close_frac * max(sh, sw))))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    if stats[best, cv2.CC_STAT_AREA] < min_area_frac * sh * sw:
+        return None
+    contours, _ = cv2.findContours((labels == best).astype(np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_NONE)
+    hull = cv2.convexHull(np.concatenate(contours)).astype(np.float64)
+    if scale != 1.0:  # pixel-corner mapping of the small grid back to the full frame
+        hull = (hull + 0.5) / scale - 0.5
+    region = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(region, np.round(hull).astype(np.int32), 1)
+    return region.astype(bool)
+
+
+def crop_scan_region(gray: np.ndarray, **kw) -> np.ndarray:
+    """Zero everything outside the scan region and crop to its bounding box (whole frame if none)."""
+    region = scan_region_mask(gray, **kw)
+    if region is None:
+        return gray
+    ys, xs = np.nonzero(region)
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    out = np.where(region, gray, 0).astype(np.uint8)
+    return np.ascontiguousarray(out[y0:y1, x0:x1])
+
+
+def pad_square(img: np.ndarray) -> np.ndarray:
+    """Centre the image on a black square canvas (keeps the aspect ratio of the anatomy)."""
+    h, w = img.shape[:2]
+    s = max(h, w)
+    if h == w:
+        return img
+    top, left = (s - h) // 2, (s - w) // 2
+    return cv2.copyMakeBorder(img, top, s - h - top, left, s - w - left, cv2.BORDER_CONSTANT, value=0)
+
+
+def resize_square(img: np.ndarray, size: int) -> np.ndarray:
+    """Pad to square, then resize to size x size (INTER_AREA when shrinking, linear when enlarging)."""
+    sq = pad_square(img)
+    if sq.shape[0] == size:
+        return np.ascontiguousarray(sq)
+    interp = cv2.INTER_AREA if sq.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(sq, (size, size), interpolation=interp)
+
+
+def prepare_frame(arr: np.ndarray, size: int, crop: bool = True, doppler_chroma: float = 40.0,
+                  doppler_fraction: float = 0.01, drop_doppler: bool = True,
+                  blank_threshold: int = 10) -> tuple[np.ndarray | None, str]:
+    """Decoded frame -> (size x size uint8 gray, '') or (None, reason)."""
+    gray, reason = to_gray(arr, doppler_chroma, doppler_fraction, drop_doppler)
+    if gray is None:
+        return None, reason
+    if crop:
+        if int(gray.max()) <= blank_threshold:
+            return None, "blank frame (no scan region)"
+        gray = crop_scan_region(gray, threshold=blank_threshold)
+    return resize_square(gray, size), ""

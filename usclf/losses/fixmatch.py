@@ -1,0 +1,104 @@
+"""FixMatch losses for multi-label data (paper 003 Sec. 2.3.2; Sohn et al. 2020, kekmodel/FixMatch-pytorch).
+
+Conventions shared by both variants (FixMatch defaults): pseudo-labels come from the weak view without
+gradient, the confidence test is `>= tau` (tau = 0.95), and L_u is averaged over ALL unlabelled rows,
+masked rows counting as 0 - so a falling mask rate shrinks L_u (log "mask_rate": drifting to 0 is the
+known failure).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from usclf.errors import UsclfError
+from usclf.losses.pica import upcast
+from usclf.losses.supervised import check_multilabel, multilabel_bce
+
+IGNORE_INDEX = -100  # label sets outside the combination vocabulary (torch's CE default)
+
+
+def _check_tau(tau: float) -> None:
+    if not 0.0 <= tau <= 1.0:
+        raise UsclfError(f"FixMatch: confidence threshold tau must be in [0, 1], got {tau}")
+
+
+def _check_views(weak: Tensor, strong: Tensor) -> None:
+    check_multilabel(weak, strong, "FixMatch unlabelled loss (weak vs strong logits)")
+    if weak.shape[0] == 0:
+        raise UsclfError("FixMatch unlabelled loss: empty unlabelled batch (N = 0)")
+
+
+def fixmatch_onehead_unlabeled(
+    logits_weak: Tensor, logits_strong: Tensor, tau: float = 0.95
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One-head L_u: sigmoid pseudo-labels y_c = [p~_c >= 0.5], kept when max_c p~_c >= tau (Sec. 2.3.2 i).
+
+    Returns (loss, {"mask_rate", "pseudo" (N x C float), "mask" (N bool)}).
+    """
+    _check_tau(tau)
+    _check_views(logits_weak, logits_strong)
+    with torch.autocast(device_type=logits_strong.device.type, enabled=False):
+        with torch.no_grad():
+            p_weak = torch.sigmoid(upcast(logits_weak.detach()))
+            pseudo = (p_weak >= 0.5).to(p_weak.dtype)
+            mask = p_weak.max(dim=1).values >= tau
+        strong = upcast(logits_strong)
+        per_row = F.binary_cross_entropy_with_logits(strong, pseudo.to(strong.dtype), reduction="none").mean(1)
+        loss = (per_row * mask.to(per_row.dtype)).mean()
+    return loss, {"mask_rate": mask.float().mean(), "pseudo": pseudo, "mask": mask}
+
+
+def fixmatch_twohead_unlabeled(
+    softmax_logits_weak: Tensor, softmax_logits_strong: Tensor, tau: float = 0.95
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Standard FixMatch on the combination (softmax) head: argmax pseudo-label, mask max p~ >= tau.
+
+    Returns (loss, {"mask_rate", "pseudo" (N long), "mask" (N bool)}).
+    """
+    _check_tau(tau)
+    _check_views(softmax_logits_weak, softmax_logits_strong)
+    with torch.autocast(device_type=softmax_logits_strong.device.type, enabled=False):
+        with torch.no_grad():
+            probs = torch.softmax(upcast(softmax_logits_weak.detach()), dim=1)
+            max_p, pseudo = probs.max(dim=1)
+            mask = max_p >= tau
+        per_row = F.cross_entropy(upcast(softmax_logits_strong), pseudo, reduction="none")
+        loss = (per_row * mask.to(per_row.dtype)).mean()
+    return loss, {"mask_rate": mask.float().mean(), "pseudo": pseudo, "mask": mask}
+
+
+def twohead_labeled(
+    combo_logits: Tensor, ml_logits: Tensor, combo_target: Tensor, ml_target: Tensor
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Labelled two-head loss: CE(w, p) on the combination head + BCE(v, p_bar) on the sigmoid head.
+
+    Rows whose combo_target is -100 (label set outside the vocabulary) are left out of the CE term only;
+    the CE is the mean over the remaining rows (0 when none remain). Returns (total, {"ce", "bce"}).
+    """
+    if not isinstance(combo_logits, Tensor) or combo_logits.dim() != 2:
+        raise UsclfError("two-head loss: combo_logits must be an N x K tensor")
+    if not isinstance(combo_target, Tensor) or combo_target.dtype != torch.long:
+        raise UsclfError("two-head loss: combo_target must be a LongTensor of combination ids")
+    check_multilabel(ml_logits, ml_target, "two-head loss (multi-label head)")
+    n, k = combo_logits.shape
+    if combo_target.shape != (n,) or ml_logits.shape[:1] != (n,):
+        raise UsclfError(
+            f"two-head loss: batch sizes differ (combo_logits {n}, combo_target {tuple(combo_target.shape)}, "
+            f"ml_logits {tuple(ml_logits.shape)})"
+        )
+    bad = ((combo_target < 0) & (combo_target != IGNORE_INDEX)) | (combo_target >= k)
+    if bool(bad.any()):
+        raise UsclfError(f"two-head loss: combo_target has ids outside [0, {k}) other than {IGNORE_INDEX}")
+    bce = multilabel_bce(ml_logits, ml_target)
+    with torch.autocast(device_type=combo_logits.device.type, enabled=False):
+        ce_sum = F.cross_entropy(upcast(combo_logits), combo_target, ignore_index=IGNORE_INDEX, reduction="sum")
+        # torch's 'mean' is 0/0 = NaN when every row is ignored; clamp the count instead
+        ce = ce_sum / (combo_target != IGNORE_INDEX).sum().clamp_min(1)
+    return ce + bce, {"ce": ce, "bce": bce}
+
+
+def fixmatch_total(l_sup: Tensor, l_u: Tensor, lambda_u: float = 1.0) -> Tensor:
+    """L = L_sup + lambda_u * L_u (lambda_u = 1: FixMatch default)."""
+    return l_sup + lambda_u * l_u

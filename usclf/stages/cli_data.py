@@ -1,0 +1,61 @@
+"""CLI glue for the data commands: simulate, ingest (+ split), split."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import dump_config, load_config
+from ..data.ingest import IngestConfig, ingest
+from ..data.simulate import SimulateConfig, format_summary, simulate
+from ..data.splits import SplitConfig, split_dataset
+
+
+@dataclass
+class IngestStageConfig:
+    """`usclf ingest`: how files are read (`ingest`) and how exams are split by patient (`split`)."""
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+
+
+def _set(overrides: list[str], **opts) -> list[str]:
+    """Turn explicit CLI options into overrides placed before the user's key=value ones."""
+    return [f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or [])
+
+
+def run_simulate(args) -> dict:
+    cfg = load_config(SimulateConfig, args.config, _set(args.overrides, exams=args.exams, format=args.format,
+                                                          size=args.size, seed=args.seed))
+    summary = simulate(args.out, cfg, progress=not args.quiet)
+    if args.quiet:
+        print(format_summary(summary))
+    return summary
+
+
+def split_summary(df) -> str:
+    """One line per split: exams, patients, images."""
+    g = df.groupby("split")
+    lines = [f"  {s:<9} {g.get_group(s)['exam_id'].nunique():>5} exams {g.get_group(s)['patient_id'].nunique():>5} "
+             f"patients {len(g.get_group(s)):>7} images" for s in ("unlabeled", "train", "val", "test") if s in g.groups]
+    return "\n".join(lines)
+
+
+def run_ingest(args):
+    cfg = load_config(IngestStageConfig, args.config, _set(args.overrides, **{"ingest.size": args.size}))
+    res = ingest(args.root, args.out, args.labels, cfg.ingest, progress=not args.quiet)
+    dump_config(cfg, Path(args.out) / "ingest_config.yaml")
+    print(f"ingested {res.n_frames_kept} frames from {res.n_files_kept}/{res.n_files} files "
+          f"({res.n_files_skipped} files skipped, {res.n_frames_dropped} frames dropped; see {res.report})")
+    print(f"  cache {res.images}  manifest {res.manifest}")
+    if args.labels and res.n_label_rows_unmatched:
+        print(f"  warning: {res.n_label_rows_unmatched} labels-CSV rows matched no file (check their paths)")
+    if not args.no_split:
+        df = split_dataset(args.out, cfg.split)
+        print(f"split (seed {cfg.split.seed}, patient-disjoint) -> {df.attrs['path']}\n{split_summary(df)}")
+    return res
+
+
+def run_split(args):
+    cfg = load_config(SplitConfig, args.config, _set(args.overrides, seed=args.seed))
+    df = split_dataset(args.data, cfg)
+    print(f"split (seed {cfg.seed}, patient-disjoint) -> {df.attrs['path']}\n{split_summary(df)}")
+    return df

@@ -1,0 +1,158 @@
+"""DDP plumbing: torchrun setup, rank helpers, and an all-gather that keeps gradients.
+
+PICA/LSD need batch-level cluster statistics, so under DDP each rank gathers the probabilities of the
+global batch with `gather_with_grad` and computes the loss on it; the gradients then match those of one
+process on the concatenated batch (see `_GatherWithGrad` for why).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import UsclfError
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise UsclfError(f"environment variable {name}={raw!r} is not an integer") from None
+
+
+def init_distributed(backend: str | None = None) -> DistInfo:
+    """Join the torchrun job described by RANK / WORLD_SIZE / LOCAL_RANK (no-op for a single process).
+
+    Backend: `nccl` when CUDA is available, else `gloo`. On GPU the process is pinned to cuda:LOCAL_RANK.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    rank = _env_int("RANK", 0)
+    local = _env_int("LOCAL_RANK", rank)
+    if world <= 1:
+        return DistInfo()
+    if not 0 <= rank < world:
+        raise UsclfError(f"RANK={rank} is outside WORLD_SIZE={world}")
+    if dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local, dist.get_backend())
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise UsclfError(f"WORLD_SIZE={world} but {name} is not set; launch with torchrun")
+    use_cuda = torch.cuda.is_available()
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    if use_cuda:
+        if local >= torch.cuda.device_count():
+            raise UsclfError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPUs are visible")
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+    return DistInfo(rank, world, local, backend)
+
+
+def cleanup_distributed() -> None:
+    """Leave the process group (safe to call when none was joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def get_dist_info() -> DistInfo:
+    """Rank / world size of the current process group (rank 0 of 1 when there is none)."""
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), _env_int("LOCAL_RANK", dist.get_rank()),
+                        dist.get_backend())
+    return DistInfo()
+
+
+def is_main_process() -> bool:
+    return get_dist_info().is_main
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """Concatenate a tensor along dim 0 across ranks; rows may differ in number per rank.
+
+    Choice: own autograd function (all_gather forward, all_reduce-SUM + local slice backward) rather than
+    torch.distributed.nn.functional.all_gather, because exam-level batches give ranks different row
+    counts, which that function does not support. Every rank computes the same loss L on the gathered
+    batch, so the summed upstream gradient for rank r's rows is world_size * dL/dP_r; DDP then averages
+    parameter gradients over ranks (divides by world_size), which leaves exactly dL/dtheta of one
+    process on the concatenated batch. No loss scaling is needed (tests/test_ddp.py checks it).
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        world = dist.get_world_size()
+        rank = dist.get_rank()
+        n = torch.tensor([t.shape[0]], device=t.device, dtype=torch.long)
+        sizes = [torch.zeros_like(n) for _ in range(world)]
+        dist.all_gather(sizes, n)
+        counts = [int(s.item()) for s in sizes]
+        top = max(counts)
+        padded = t.new_zeros((top, *t.shape[1:]))
+        padded[: t.shape[0]] = t
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.start = sum(counts[:rank])
+        ctx.stop = ctx.start + counts[rank]
+        return torch.cat([p[:c] for p, c in zip(parts, counts)], dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.start: ctx.stop]
+
+
+def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
+    """All ranks' `t` concatenated along dim 0 (rank order), differentiable; identity without DDP."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    return _GatherWithGrad.apply(t)
+
+
+def all_reduce_mean(values: dict[str, float], device: torch.device | str = "cpu") -> dict[str, float]:
+    """Average a dict of floats over ranks (every rank must pass the same keys, in any order)."""
+    info = get_dist_info()
+    if not info.distributed or not values:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: float(v) / info.world_size for k, v in zip(keys, t.tolist())}
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s picklable object on every rank (identity without DDP)."""
+    if not get_dist_info().distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_across_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """True on every rank when `flag` is true on at least one (so all ranks stop together)."""
+    if not get_dist_info().distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)

@@ -1,0 +1,444 @@
+"""The one training loop shared by every stage and baseline.
+
+A stage supplies the model, a `step_fn(model, batch, ctx) -> (loss, metrics)` and a DataLoader; the
+Trainer does device transfer, AMP, DDP, optimiser steps, the non-finite-loss guard, EMA, per-step and
+per-epoch logging, validation hook with early stopping / best weights, and checkpoints that resume to
+bit-identical weights on CPU.
+
+Resume contract with the loader: if `loader.batch_sampler` has `state_dict`/`load_state_dict`, its state
+is saved with each checkpoint and restored on resume (the sampler then skips consumed batches);
+otherwise the loop re-draws the epoch's order (the RNG state at epoch start is saved) and discards the
+batches already consumed. `set_epoch(e)` is called on the batch sampler (or sampler) at each epoch start.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import UsclfError
+from .checkpoint import (FORMAT, capture_rng, cpu_state_dict, load_checkpoint, load_model_state,
+                         restore_rng, save_checkpoint)
+from .distributed import any_across_ranks, all_reduce_mean, broadcast_object, get_dist_info
+
+log = logging.getLogger("usclf.train")
+
+LAST, BEST = "last.pt", "best.pt"
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"            # paper Sec. 3.2: Adam
+    lr: float = 1e-4              # paper Sec. 3.2: fixed learning rate 0.0001
+    weight_decay: float = 0.0     # paper: none mentioned
+    momentum: float = 0.9         # SGD only (DeepCluster baseline: 0.9, paper 002)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100             # paper Sec. 3.2: 100 epochs for unsupervised clustering
+    max_steps: int | None = None  # paper Sec. 3.2: 5000 steps for semi-supervised; overrides epochs
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    amp: bool = True              # DESIGN §8: AMP on CUDA only (bf16 if supported, else fp16 + GradScaler)
+    channels_last: bool = True    # DESIGN §8: CUDA only
+    ckpt_every: int = 100         # DESIGN §11: checkpoint every N steps (and at each epoch end)
+    seed: int = 0
+    device: str = "auto"          # auto = cuda:LOCAL_RANK if available, else cpu
+    grad_clip: float | None = None
+    log_every: int = 10           # steps between per-step metric logs
+    progress: bool = True
+    ema: float | None = None      # DESIGN §4 FixMatch: 0.999 (Sohn et al.); None = off
+    patience: int | None = None   # paper Sec. 3.2: 7 for supervised fine-tuning; None = no early stop
+    mode: str = "max"             # the hook's "metric" is better when larger (val weighted F1)
+    restore_best: bool = True     # paper Sec. 3.2: supervised/semi-sup keep the best-val weights
+    deterministic: bool = True    # reproducible resume; torch.use_deterministic_algorithms(warn_only)
+
+
+@dataclass
+class StepContext:
+    """What a step function may want to know besides the batch."""
+    step: int            # optimiser steps completed before this one
+    epoch: int           # 0-based
+    batch_index: int     # 0-based, within the epoch
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: int                     # epochs completed (a final partial epoch under max_steps counts)
+    last_path: Path | None
+    best_path: Path | None
+    best_metric: float | None
+    best_epoch: int | None
+    stopped_early: bool
+    history: list[dict[str, float]]
+
+
+class EMA:
+    """Exponential moving average of parameters; buffers (BatchNorm statistics) are copied."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise UsclfError(f"ema decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.module.parameters(), model.parameters()):
+            e.mul_(self.decay).add_(p.detach().to(e.dtype), alpha=1.0 - self.decay)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            e.copy_(b)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(sd)
+
+
+def to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move tensors in nested dicts/lists/tuples to `device` (4-D float tensors optionally channels_last)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.to(device, non_blocking=True)
+        if channels_last and t.ndim == 4 and t.is_floating_point():
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, channels_last) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(to_device(v, device, channels_last) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device, channels_last) for v in obj)
+    return obj
+
+
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD from the config."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise UsclfError("no trainable parameters to optimise")
+    name = cfg.name.lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise UsclfError(f"unknown optimizer '{cfg.name}'; valid: adam, adamw, sgd")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsclfError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsclfError(f"device '{name}' asked for but CUDA is not available")
+    return dev
+
+
+def _sampler_with(loader: Any, method: str) -> Any:
+    for name in ("batch_sampler", "sampler"):
+        s = getattr(loader, name, None)
+        if s is not None and callable(getattr(s, method, None)):
+            return s
+    return None
+
+
+def _sampler_state(sampler: Any, consumed: int) -> Any:
+    """The sampler's resume state. A DataLoader with workers prefetches ahead of the loop, so a sampler
+    whose `state_dict` takes `consumed` is told how many batches the loop has actually used."""
+    if sampler is None:
+        return None
+    try:
+        takes = "consumed" in inspect.signature(sampler.state_dict).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return sampler.state_dict()
+
+
+def _float(v: Any) -> float:
+    return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
+
+
+class Trainer:
+    """Runs `step_fn` over a loader for `cfg.epochs` epochs or `cfg.max_steps` steps; see module doc."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, step_fn: Callable, out_dir: str | Path,
+                 tracker: Any = None, on_epoch_end: Callable | None = None, params=None):
+        if cfg.max_steps is None and cfg.epochs < 1:
+            raise UsclfError(f"epochs must be >= 1, got {cfg.epochs}")
+        if cfg.max_steps is not None and cfg.max_steps < 1:
+            raise UsclfError(f"max_steps must be >= 1, got {cfg.max_steps}")
+        if cfg.ckpt_every < 1 or cfg.log_every < 1:
+            raise UsclfError("ckpt_every and log_every must be >= 1")
+        if cfg.mode not in ("max", "min"):
+            raise UsclfError(f"mode must be max or min, got '{cfg.mode}'")
+        self.model, self.cfg, self.step_fn = model, cfg, step_fn
+        self.out_dir = Path(out_dir)
+        self.tracker, self.on_epoch_end = tracker, on_epoch_end
+        self._params = params
+        self.dist = get_dist_info()
+        self.device = resolve_device(cfg.device, self.dist.local_rank)
+        self.ema: EMA | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / LAST
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / BEST
+
+    # ---------------------------------------------------------------- setup
+    def _setup(self) -> None:
+        cfg, cuda = self.cfg, self.device.type == "cuda"
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        elif cuda:
+            torch.backends.cudnn.benchmark = True
+        self.model.to(self.device)
+        self.channels_last = bool(cfg.channels_last and cuda)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.amp_dtype = None
+        if cfg.amp and cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        params = list(self._params) if self._params is not None else list(self.model.parameters())
+        self.optimizer = build_optimizer(params, cfg.optim)
+        self.clip_params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.ema = EMA(self.model, cfg.ema) if cfg.ema else None
+        self.net = self.model
+        if self.dist.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DDP(self.model, device_ids=ids)
+
+    def _eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    # ---------------------------------------------------------------- checkpoints
+    def _state(self, epoch: int, batches_done: int, epoch_rng: dict, sums: dict, count: int,
+               sampler_state: Any) -> dict:
+        spec = None
+        try:
+            from ..models.heads import model_spec
+            spec = model_spec(self.model)
+        except UsclfError:
+            pass
+        return {
+            "format": FORMAT, "spec": spec, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "step": self.step, "epoch": epoch, "batches_done": batches_done, "sampler": sampler_state,
+            "rng": capture_rng(), "epoch_rng": epoch_rng, "epoch_sums": dict(sums), "epoch_count": count,
+            "best_metric": self.best_metric, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
+            "history": self.history, "stopped_early": self.stopped_early,
+        }
+
+    def _save_last(self, *args) -> None:
+        if self.dist.is_main:
+            save_checkpoint(self.last_path, self._state(*args))
+
+    def _resume(self) -> dict | None:
+        if not self.last_path.is_file():
+            log.warning("no checkpoint at %s; starting from scratch", self.last_path)
+            return None
+        ck = load_checkpoint(self.last_path)
+        if ck.get("format") != FORMAT:
+            raise UsclfError(f"{self.last_path} is not a usclf training checkpoint")
+        load_model_state(self.model, ck["model"], self.last_path)
+        try:
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (ValueError, KeyError) as e:
+            raise UsclfError(f"optimizer state in {self.last_path} does not fit this run: {e}") from None
+        if ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        if self.ema is not None:
+            if ck.get("ema") is None:
+                raise UsclfError(f"{self.last_path} was written without EMA but this run uses ema={self.cfg.ema}")
+            self.ema.load_state_dict(ck["ema"])
+        self.step, self.best_metric = int(ck["step"]), ck["best_metric"]
+        self.best_epoch, self.bad_epochs = ck["best_epoch"], int(ck["bad_epochs"])
+        self.history, self.stopped_early = list(ck["history"]), bool(ck["stopped_early"])
+        if self.best_path.is_file():
+            self.best_state = load_checkpoint(self.best_path)["model"]
+        return ck
+
+    # ---------------------------------------------------------------- one step
+    def _train_step(self, batch: Any, ctx: StepContext) -> dict[str, float]:
+        batch = to_device(batch, self.device, self.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            out = self.step_fn(self.net, batch, ctx)
+        if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], torch.Tensor)):
+            raise UsclfError("step_fn must return (loss tensor, metrics dict)")
+        loss, metrics = out
+        if loss.ndim != 0:
+            raise UsclfError(f"step_fn returned a loss of shape {tuple(loss.shape)}; expected a scalar")
+        values = {"loss": _float(loss)}
+        values.update({k: _float(v) for k, v in (metrics or {}).items()})
+        bad = not math.isfinite(values["loss"])
+        if any_across_ranks(bad, self.device):
+            extra = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            raise UsclfError(f"non-finite loss at step {ctx.step + 1} (epoch {ctx.epoch + 1}, "
+                             f"batch {ctx.batch_index + 1}): {extra}")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            values["grad_norm"] = _float(torch.nn.utils.clip_grad_norm_(self.clip_params, self.cfg.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return values
+
+    # ---------------------------------------------------------------- epoch end
+    def _end_epoch(self, epoch: int, sums: dict, count: int) -> bool:
+        means = all_reduce_mean({k: v / max(count, 1) for k, v in sums.items()}, self.device)
+        row = {f"train/{k}": v for k, v in means.items()}
+        out = self.on_epoch_end(epoch, self._eval_model()) if self.on_epoch_end else None
+        out = broadcast_object(dict(out or {}))
+        metric = out.get("metric")
+        is_best = out.get("is_best")
+        if is_best is None and metric is not None:
+            m = float(metric)
+            is_best = self.best_metric is None or (m > self.best_metric if self.cfg.mode == "max"
+                                                   else m < self.best_metric)
+        if is_best:
+            self.best_metric = None if metric is None else float(metric)
+            self.best_epoch, self.bad_epochs = epoch, 0
+            self.best_state = cpu_state_dict(self._eval_model())
+            if self.dist.is_main:
+                save_checkpoint(self.best_path, {"format": FORMAT, "model": self.best_state, "epoch": epoch,
+                                                 "step": self.step, "metric": self.best_metric})
+        elif metric is not None or "is_best" in out:
+            self.bad_epochs += 1
+        stop = bool(out.get("stop", False))
+        if self.cfg.patience is not None and self.bad_epochs >= self.cfg.patience:
+            stop = True
+        for k, v in out.items():
+            if k not in ("stop", "is_best") and isinstance(v, (int, float, torch.Tensor)) \
+                    and not isinstance(v, bool):
+                row[k if k != "metric" else "val/metric"] = _float(v)
+        row["epoch"] = float(epoch)
+        row["lr"] = float(self.optimizer.param_groups[0]["lr"])
+        self.history.append(row)
+        if self.tracker is not None and self.dist.is_main:
+            self.tracker.log_metrics(row, step=epoch)
+        self.stopped_early = self.stopped_early or stop
+        return stop
+
+    # ---------------------------------------------------------------- main loop
+    def _done(self, epoch: int) -> bool:
+        if self.stopped_early:
+            return True
+        if self.cfg.max_steps is not None:
+            return self.step >= self.cfg.max_steps
+        return epoch >= self.cfg.epochs
+
+    def fit(self, loader: Any, resume: bool = False) -> TrainResult:
+        """Train; with `resume=True` continue from `out_dir/last.pt` (fresh start when there is none)."""
+        cfg = self.cfg
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.step, self.best_metric, self.best_epoch, self.bad_epochs = 0, None, None, 0
+        self.history: list[dict[str, float]] = []
+        self.stopped_early, self.best_state = False, None
+        seed_everything(cfg.seed + self.dist.rank)
+        self._setup()
+        ck = self._resume() if resume else None
+        epoch = int(ck["epoch"]) if ck else 0
+        state_sampler = _sampler_with(loader, "state_dict")
+        epoch_sampler = _sampler_with(loader, "set_epoch")
+        while not self._done(epoch):
+            sums: dict[str, float] = {}
+            count = skip = 0
+            if ck is not None and ck["batches_done"] > 0:  # resume mid-epoch
+                restore_rng(ck["epoch_rng"])
+                epoch_rng, count = ck["epoch_rng"], int(ck["epoch_count"])
+                sums = dict(ck["epoch_sums"])
+                if epoch_sampler is not None:
+                    epoch_sampler.set_epoch(epoch)
+                if state_sampler is not None and ck["sampler"] is not None:
+                    state_sampler.load_state_dict(ck["sampler"])
+                else:
+                    skip = int(ck["batches_done"])
+            else:
+                if ck is not None:
+                    restore_rng(ck["rng"])
+                epoch_rng = capture_rng()
+                if epoch_sampler is not None:
+                    epoch_sampler.set_epoch(epoch)
+            it = iter(loader)  # may draw from the RNG (DataLoader base seed, shuffling), hence epoch_rng
+            for _ in range(skip):
+                next(it)
+            b = int(ck["batches_done"]) if ck is not None else 0
+            if ck is not None and b > 0:
+                restore_rng(ck["rng"])
+            ck = None
+            total = len(loader) if hasattr(loader, "__len__") else None
+            bar = tqdm(total=total, initial=b, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
+                       disable=not (cfg.progress and self.dist.is_main))
+            seen = b
+            for batch in it:
+                ctx = StepContext(self.step, epoch, b, self.device, self.dist.rank, self.dist.world_size)
+                self.net.train()
+                values = self._train_step(batch, ctx)
+                self.step += 1
+                b += 1
+                seen += 1
+                count += 1
+                for k, v in values.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4g}")
+                if self.tracker is not None and self.dist.is_main and self.step % cfg.log_every == 0:
+                    self.tracker.log_metrics({f"step/{k}": v for k, v in values.items()}, step=self.step)
+                if cfg.max_steps is not None and self.step >= cfg.max_steps:
+                    break
+                if self.step % cfg.ckpt_every == 0 and (total is None or b < total):
+                    state = _sampler_state(state_sampler, b)
+                    self._save_last(epoch, b, epoch_rng, sums, count, state)
+            bar.close()
+            if seen == 0:
+                raise UsclfError(f"the training loader yielded no batches (epoch {epoch + 1})")
+            self._end_epoch(epoch, sums, count)
+            epoch += 1
+            self._save_last(epoch, 0, capture_rng(), {}, 0, None)
+        if cfg.restore_best and self.best_state is not None:
+            self.model.load_state_dict(self.best_state)
+        return TrainResult(steps=self.step, epochs=epoch,
+                           last_path=self.last_path if self.last_path.is_file() else None,
+                           best_path=self.best_path if self.best_path.is_file() else None,
+                           best_metric=self.best_metric, best_epoch=self.best_epoch,
+                           stopped_early=self.stopped_early, history=list(self.history))
