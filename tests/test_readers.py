@@ -197,3 +197,25 @@ def test_prepare_frame_pads_resizes_and_drops_blank():
     assert out is None and "blank" in reason
     wide = resize_square(np.full((10, 40), 200, np.uint8), 20)          # padded top/bottom, not stretched
     assert wide.shape == (20, 20) and wide[0].max() == 0 and wide[10].min() == 200
+
+
+def test_jpeg_compressed_multiframe_ybr_dicom(tmp_path):
+    # PACS exports often hold JPEG Baseline frames in YBR_FULL_422 (decoded by pydicom via Pillow)
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEGBaseline8Bit
+
+    frames = [np.full((24, 32, 3), 30 + 60 * i, np.uint8) for i in range(3)]
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = US_MF
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.Rows, ds.Columns, ds.NumberOfFrames = "US", 24, 32, 3
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "YBR_FULL_422", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = encapsulate([cv2.imencode(".jpg", f)[1].tobytes() for f in frames])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(tmp_path / "jpeg.dcm", enforce_file_format=True)
+    got, skips = frames_of(tmp_path / "jpeg.dcm")
+    assert not skips and [f.array.shape for f in got] == [(24, 32, 3)] * 3
+    assert [int(f.array.mean()) for f in got] == [30, 90, 150]

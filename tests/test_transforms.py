@@ -88,6 +88,16 @@ def test_bad_input_and_config_are_clear_errors():
         AugmentConfig(crop_scale=(0.9, 0.5))
     with pytest.raises(UsclfError, match="strong_ops"):
         AugmentConfig(strong_ops=9)
+    with pytest.raises(UsclfError, match="pair"):
+        AugmentConfig(cutout=(0.2,))
+
+
+def test_config_round_trips_through_yaml_overrides():
+    from usclf.config import apply_overrides, from_dict, to_dict
+
+    cfg = apply_overrides(from_dict(AugmentConfig, {"size": 64}), ["crop_scale=[0.6,0.9]", "hflip=true"])
+    assert cfg.crop_scale == (0.6, 0.9) and cfg.hflip and cfg.size == 64
+    assert from_dict(AugmentConfig, to_dict(cfg)) == cfg
 
 
 def test_every_strong_op_runs_on_grayscale_and_changes_the_image():

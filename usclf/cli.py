@@ -64,6 +64,26 @@ def _split(p):
     _common(p)
 
 
+@command("pretrain", "deep clustering (PICA or LSD) on unlabelled exams; writes a clustering model file",
+         "usclf.stages.cli_train:run_pretrain")
+def _pretrain(p):
+    p.add_argument("--data", help="dataset folder written by `usclf ingest` (config key data.path)")
+    p.add_argument("--out", help="output folder for checkpoints, model.pt and config.yaml (key out)")
+    p.add_argument("--method", choices=["pica", "lsd"], help="clustering loss (default lsd)")
+    p.add_argument("--seed", type=int, help="training seed (key train.seed)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    _common(p)
+
+
+@command("evaluate", "score a model: cluster matching (Algorithm 1), per-class thresholds on validation, "
+         "test report, clustering metrics, t-SNE and cluster gallery", "usclf.stages.cli_train:run_evaluate")
+def _evaluate(p):
+    p.add_argument("--model", help="model file (model.pt) from pretrain, finetune or semisup")
+    p.add_argument("--data", help="dataset folder written by `usclf ingest` (key data.path)")
+    p.add_argument("--out", help="output folder for the report, figures, gallery and the thresholded model")
+    _common(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="usclf", description="Semi-supervised ultrasound organ classification: deep clustering "
@@ -79,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:  # key=value overrides given after options land here (argparse stops positionals early)
+        args.overrides = list(getattr(args, "overrides", []) or []) + extra
     if not args.command:
         parser.print_help()
         return 1

@@ -80,7 +80,8 @@ def from_class_folders(root: str | Path, out: str | Path, size: int = 128, crop:
                 reasons.append(reason)
                 continue
             key = hashlib.sha1(rel.encode()).hexdigest()[:12]
-            rows.append({"image_id": "i_" + hashlib.sha1(f"{rel}#{item.frame_index}".encode()).hexdigest()[:16],
+            image_id = "i_" + hashlib.sha1(f"{rel}#{item.frame_index}".encode()).hexdigest()[:16]
+            rows.append({"image_id": image_id,
                          "path": rel, "frame": item.frame_index, "exam_id": "e_" + key,
                          "patient_id": "p_" + key, "split": "unlabeled", "_class": cls})
             images.append(img)

@@ -28,7 +28,7 @@ from ..errors import UsclfError
 from .cache import IMAGES, MANIFEST, CacheWriter, write_meta
 from .manifest import BASE_COLUMNS, DEFAULT_CLASSES, write_manifest
 from .preprocess import prepare_frame
-from .readers import Frame, Skip, iter_frames
+from .readers import Skip, iter_frames
 
 REPORT = "ingest_report.csv"
 REPORT_COLUMNS = ["path", "frame", "status", "frames_kept", "reason"]
@@ -39,11 +39,11 @@ _LABEL_META = ("path", "frame", "patient_id", "exam_id", "doppler")
 @dataclass
 class IngestConfig:
     size: int = 128                 # cache image size (square); DESIGN §3, CPU-friendly default
-    doppler_chroma: float = 40.0    # a pixel is "coloured" when max-min over RGB > this (DESIGN §3 Doppler rule)
+    doppler_chroma: float = 40.0    # pixel "coloured" when max-min over RGB > this (DESIGN §3)
     doppler_fraction: float = 0.01  # frame dropped as colour Doppler when > this fraction is coloured
     crop: bool = True               # crop to scan region (DESIGN §3: burned-in text and chrome removed)
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))  # paper's 6 organs + other
-    salt: str | None = None         # patient-id hash salt; None -> env USCLF_PATIENT_SALT, else random, unsaved
+    salt: str | None = None         # id-hash salt; None -> env USCLF_PATIENT_SALT, else random
     workers: int = 0                # decoding processes (0 = in this process)
 
 
@@ -114,8 +114,8 @@ def read_labels_csv(path: str | Path, classes: list[str]) -> pd.DataFrame:
         raise UsclfError(f"labels CSV {p.name}, line {i + 2}: labelled row has no value for '{col}'")
     for c in ("patient_id", "exam_id"):
         out[c] = df[c] if c in df.columns else ""
-    key = out["path"] + "#" + out["frame"].astype(str)
-    dup = key.duplicated()
+    keys = [(a, None if pd.isna(b) else int(b)) for a, b in zip(out["path"], out["frame"])]
+    dup = pd.Series(keys).duplicated()
     if dup.any():
         i = int(np.flatnonzero(dup.to_numpy())[0])
         raise UsclfError(f"labels CSV {p.name}, line {i + 2}: duplicate row for {out['path'].iloc[i]}"
@@ -154,13 +154,15 @@ class _Labels:
 
 
 # ------------------------------------------------------------------------------------------ walk
-def _walk(root: Path, exclude: Path) -> tuple[list[Path], list[str]]:
-    """Sorted files under root (skipping the output folder) and top-level folders with no files."""
+def _walk(root: Path, exclude: Path, labels_csv: Path | None) -> tuple[list[Path], list[str]]:
+    """Sorted files under root (skipping the output folder and the labels CSV) and top-level folders
+    with no files."""
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         d = Path(dirpath)
         dirnames[:] = sorted(n for n in dirnames if (d / n).resolve() != exclude)
-        files.extend(d / f for f in sorted(filenames))
+        files.extend(d / f for f in sorted(filenames)
+                     if labels_csv is None or (d / f).resolve() != labels_csv)
     top_with_files = {f.relative_to(root).parts[0] for f in files}
     empty = sorted(n.name + "/" for n in root.iterdir()
                    if n.is_dir() and n.resolve() != exclude and n.name not in top_with_files)
@@ -191,7 +193,10 @@ def _process_file(task: tuple[str, str, dict]) -> _Outcome:
                 else:
                     out.frames.append((item.frame_index, None, item.reason, {}))
                 continue
-            img, reason = prepare_frame(item.array, **prep)
+            try:
+                img, reason = prepare_frame(item.array, **prep)
+            except Exception as e:  # one odd frame (e.g. a 1-pixel image) drops only that frame
+                img, reason = None, f"error: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
             out.frames.append((item.frame_index, img, reason, item.meta))
         return out
     except Exception as e:  # never let one file end the ingest
@@ -252,7 +257,7 @@ def ingest(root: str | Path, out: str | Path, labels_csv: str | Path | None = No
     classes = list(cfg.classes)
     labels = _Labels(read_labels_csv(labels_csv, classes) if labels_csv else None, classes)
     salt, salt_source = _resolve_salt(cfg)
-    files, empty_dirs = _walk(root, out)
+    files, empty_dirs = _walk(root, out, Path(labels_csv).resolve() if labels_csv else None)
     if not files:
         raise UsclfError(f"no files under {root}")
     prep = dict(size=cfg.size, crop=cfg.crop, doppler_chroma=cfg.doppler_chroma,
@@ -293,7 +298,7 @@ def _file_reason(o: _Outcome, kept: list, dropped: list) -> str:
         return o.skip
     reasons = sorted({r for _, _, r, _ in dropped}) + ([o.skip] if o.skip else [])
     if kept:
-        return "; ".join(([f"{len(dropped)} frame(s) dropped"] if dropped else []) + ([o.skip] if o.skip else []))
+        return "; ".join(m for m in (f"{len(dropped)} frame(s) dropped" if dropped else "", o.skip) if m)
     if len(dropped) == 1 and len(reasons) == 1:
         return reasons[0]
     return f"all {len(dropped)} frames dropped: " + "; ".join(reasons[:3])

@@ -11,10 +11,11 @@ import numpy as np
 
 def coloured_fraction(rgb: np.ndarray, chroma: float) -> float:
     """Fraction of pixels whose max-min over the RGB channels exceeds `chroma`."""
-    if rgb.ndim != 3:
+    if rgb.ndim != 3 or rgb.size == 0:
         return 0.0
-    spread = rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2).astype(np.int16)
-    return float(np.mean(spread > chroma))
+    r, g, b = cv2.split(np.ascontiguousarray(rgb[..., :3]))  # cv2 is ~20x faster than numpy axis-2 max/min
+    spread = cv2.subtract(cv2.max(cv2.max(r, g), b), cv2.min(cv2.min(r, g), b))
+    return float(np.count_nonzero(spread > chroma)) / spread.size
 
 
 def to_gray(arr: np.ndarray, chroma: float = 40.0, fraction: float = 0.01,
@@ -30,41 +31,47 @@ def to_gray(arr: np.ndarray, chroma: float = 40.0, fraction: float = 0.01,
 
 
 def scan_region_mask(gray: np.ndarray, threshold: int = 10, close_frac: float = 0.02,
-                     min_area_frac: float = 0.05, work: int = 256) -> np.ndarray | None:
-    """Filled convex hull of the largest bright connected component (the sector), or None.
+                     min_area_frac: float = 0.05, piece_frac: float = 0.05,
+                     work: int = 256) -> np.ndarray | None:
+    """uint8 0/1 mask of the scan sector (convex hull of the largest bright region), or None.
 
-    Blur + threshold finds tissue pixels; a closing bridges the dark speckle gaps inside the sector but
-    not the black margin between sector and burned-in text; the convex hull fills anechoic regions
-    (gallbladder, bladder) that touch the sector border. None when no component covers
-    `min_area_frac` of the frame (then the caller keeps the whole frame).
+    Blur + threshold finds tissue pixels; a closing bridges the dark speckle gaps so the sector is one
+    component. Text burned in close to the sector can be bridged too, so the hull is taken only over
+    the unclosed pieces of that component holding >= `piece_frac` of its largest piece: glyphs are
+    small pieces, speckle islands lie inside the hull anyway. The hull also fills anechoic regions
+    (gallbladder, bladder) on the sector border. None when no component covers `min_area_frac` of
+    the frame (the caller then keeps the whole frame).
     """
     h, w = gray.shape
-    # Find the sector on a copy at most `work` px wide: the mask only needs its outline, and the
-    # closing kernel grows with the frame, so full resolution costs ~10x more for the same hull.
+    # Work on a copy at most `work` px wide: only the outline matters, and the closing kernel grows
+    # with the frame, so full resolution costs ~10x more for the same hull.
     scale = min(1.0, work / max(h, w))
     small = gray if scale == 1.0 else cv2.resize(gray, (max(1, round(w * scale)), max(1, round(h * scale))),
                                                  interpolation=cv2.INTER_AREA)
     sh, sw = small.shape
     k = 3 if min(sh, sw) < 64 else 5
-    blur = cv2.GaussianBlur(small, (k, k), 0)
-    mask = (blur > threshold).astype(np.uint8)
+    raw = (cv2.GaussianBlur(small, (k, k), 0) > threshold).astype(np.uint8)
     r = max(1, int(round(close_frac * max(sh, sw))))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cv2.morphologyEx(raw, cv2.MORPH_CLOSE, kernel),
+                                                           connectivity=8)
     if n <= 1:
         return None
     best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     if stats[best, cv2.CC_STAT_AREA] < min_area_frac * sh * sw:
         return None
-    contours, _ = cv2.findContours((labels == best).astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_NONE)
+    pieces = raw & (labels == best).astype(np.uint8)
+    m, plabels, pstats, _ = cv2.connectedComponentsWithStats(pieces, connectivity=8)
+    areas = pstats[1:, cv2.CC_STAT_AREA]
+    big = 1 + np.flatnonzero(areas >= piece_frac * areas.max())
+    keep = np.isin(plabels, big).astype(np.uint8)
+    contours, _ = cv2.findContours(keep, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     hull = cv2.convexHull(np.concatenate(contours)).astype(np.float64)
     if scale != 1.0:  # pixel-corner mapping of the small grid back to the full frame
         hull = (hull + 0.5) / scale - 0.5
     region = np.zeros((h, w), np.uint8)
     cv2.fillConvexPoly(region, np.round(hull).astype(np.int32), 1)
-    return region.astype(bool)
+    return region
 
 
 def crop_scan_region(gray: np.ndarray, **kw) -> np.ndarray:
@@ -72,10 +79,9 @@ def crop_scan_region(gray: np.ndarray, **kw) -> np.ndarray:
     region = scan_region_mask(gray, **kw)
     if region is None:
         return gray
-    ys, xs = np.nonzero(region)
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    out = np.where(region, gray, 0).astype(np.uint8)
-    return np.ascontiguousarray(out[y0:y1, x0:x1])
+    x, y, w, h = cv2.boundingRect(region)
+    out = cv2.bitwise_and(gray, gray, mask=region)
+    return np.ascontiguousarray(out[y:y + h, x:x + w])
 
 
 def pad_square(img: np.ndarray) -> np.ndarray:

@@ -65,7 +65,7 @@ class _SeededBatchSampler:
         """Select the epoch whose order the next iteration yields (a resume point survives set_epoch of
         the same epoch)."""
         if int(epoch) != self.epoch:
-            self._skip = 0
+            self._skip, self._yielded = 0, 0
         self.epoch = int(epoch)
 
     def state_dict(self, consumed: int | None = None) -> dict[str, int]:
@@ -82,19 +82,26 @@ class _SeededBatchSampler:
         self._skip = int(state["consumed"])
         self._yielded = 0
 
+    def _batches(self, n_units: int, per_batch: int) -> int:
+        """Batches per epoch on one rank, for `n_units` exams/rows grouped `per_batch` at a time."""
+        per_rank = n_units // self.world_size if self.drop_last else math.ceil(n_units / self.world_size)
+        return per_rank // per_batch if self.drop_last else math.ceil(per_rank / per_batch)
+
     def __len__(self) -> int:
         """Batches per (full) epoch on this rank."""
-        return len(self._epoch_groups(self.epoch))
+        raise NotImplementedError
 
     def __iter__(self) -> Iterator[Batch]:
         groups = self._epoch_groups(self.epoch)
-        start, self._yielded = self._skip, 0
+        start = self._skip
+        self._yielded = 0
         for b in range(start, len(groups)):
             rows = groups[b]
             seeds = _aug_seeds(self.seed, self.epoch, self.rank, b, len(rows))
             self._yielded += 1
             yield [(int(r), int(s)) for r, s in zip(rows, seeds)]
-        self._skip, self._yielded = 0, 0
+        # Epoch done: state_dict() now says so; iterating again without set_epoch repeats the epoch.
+        self._skip, self._yielded = 0, len(groups)
 
 
 class ExamBatchSampler(_SeededBatchSampler):
@@ -125,6 +132,9 @@ class ExamBatchSampler(_SeededBatchSampler):
         if len(exams) < world_size and drop_last:
             raise UsclfError(f"exam sampler: {len(exams)} exam(s) cannot be shared by {world_size} ranks")
 
+    def __len__(self) -> int:
+        return self._batches(len(self.exams), self.exams_per_batch)
+
     def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
         perm = rng.permutation(len(self.exams))
@@ -136,8 +146,7 @@ class ExamBatchSampler(_SeededBatchSampler):
             rows.append(np.sort(rng.choice(r, size=cap, replace=False)) if cap and len(r) > cap else r)
         mine = _rank_slice(np.arange(len(perm)), self.rank, self.world_size, self.drop_last)
         t = self.exams_per_batch
-        n_batches = len(mine) // t if self.drop_last else math.ceil(len(mine) / t)
-        return [np.concatenate([rows[i] for i in mine[b * t:(b + 1) * t]]) for b in range(n_batches)]
+        return [np.concatenate([rows[i] for i in mine[b * t:(b + 1) * t]]) for b in range(len(self))]
 
 
 class RandomBatchSampler(_SeededBatchSampler):
@@ -153,12 +162,14 @@ class RandomBatchSampler(_SeededBatchSampler):
         self.n = int(n)
         self.batch_size = int(batch_size)
 
+    def __len__(self) -> int:
+        return self._batches(self.n, self.batch_size)
+
     def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
         perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         mine = _rank_slice(perm, self.rank, self.world_size, self.drop_last)
         b = self.batch_size
-        n_batches = len(mine) // b if self.drop_last else math.ceil(len(mine) / b)
-        return [mine[i * b:(i + 1) * b] for i in range(n_batches)]
+        return [mine[i * b:(i + 1) * b] for i in range(len(self))]
 
 
 def make_loader(dataset: Dataset, sampler: _SeededBatchSampler | None = None, workers: int = 0,

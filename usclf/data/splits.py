@@ -17,7 +17,7 @@ import pandas as pd
 
 from ..errors import UsclfError
 from .cache import MANIFEST, open_dataset
-from .manifest import check_manifest, write_manifest
+from .manifest import SPLITS, check_manifest, write_manifest
 
 # Paper Sec. 3.1: 6549 unlabelled, 224 labelled-train, 77 val, 101 test exams (6951 in all).
 _PAPER = {"unlabeled": 6549, "train": 224, "val": 77, "test": 101}
@@ -124,6 +124,8 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, classes: list[str]) -> pd.
         pool = [p for p in order if lab_exams[p]]
         size = {p: len(lab_exams[p]) for p in pool}
     else:
+        if need > n_total:
+            raise UsclfError(f"train/val/test need {need} exams but the dataset has {n_total}")
         pool = list(order)
         size = {p: len(exams_of[p]) for p in pool}
 
@@ -154,10 +156,11 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, classes: list[str]) -> pd.
     df["split"] = split
     df.loc[split == "unlabeled", classes] = np.nan
     out = df[keep.to_numpy()].reset_index(drop=True)
+    per_split = out.groupby("split")
     out.attrs["split_summary"] = {
-        "exams": {s: int(out.loc[out["split"] == s, "exam_id"].nunique()) for s in ("unlabeled", "train", "val", "test")},
-        "patients": {s: int(out.loc[out["split"] == s, "patient_id"].nunique()) for s in ("unlabeled", "train", "val", "test")},
-        "images": {s: int((out["split"] == s).sum()) for s in ("unlabeled", "train", "val", "test")},
+        "exams": {s: int(per_split["exam_id"].nunique().get(s, 0)) for s in SPLITS},
+        "patients": {s: int(per_split["patient_id"].nunique().get(s, 0)) for s in SPLITS},
+        "images": {s: int(per_split.size().get(s, 0)) for s in SPLITS},
         "stripped_labelled_exams": int(df.loc[stripped, "exam_id"].nunique()),
         "dropped_rows": int((~keep).sum()),
         "unused_exams": unused_exams,

@@ -41,6 +41,9 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         if self.size < 8:
             raise UsclfError(f"augment.size must be >= 8, got {self.size}")
+        for name in ("crop_scale", "crop_ratio", "cutout"):
+            if len(getattr(self, name)) != 2:
+                raise UsclfError(f"augment.{name} must be a [min, max] pair, got {getattr(self, name)}")
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise UsclfError(f"augment.crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")

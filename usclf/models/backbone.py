@@ -60,12 +60,19 @@ def _imagenet_backbone(name: str, in_chans: int, weights: str | Path | None) -> 
     src = Path(src)
     if not src.is_file():
         raise UsclfError(f"ImageNet weights file not found: {src}")
-    try:
-        # timm loads the file (weights_only), drops the classifier and sums RGB conv1 for in_chans=1
-        return _create(name, in_chans, pretrained=True, pretrained_cfg_overlay={"file": str(src)})
-    except (RuntimeError, KeyError, ValueError, OSError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsclfError(f"ImageNet weights {src} do not fit backbone {name}: {first[:200]}") from None
+    model = _create(name, in_chans)
+    load_backbone_weights(model, src, name)
+    return model
+
+
+def _read_weights(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types
+            raise UsclfError(f"cannot read weights {path}: {str(e).splitlines()[0][:200]}") from None
+    return load_checkpoint(path)
 
 
 def _extract_backbone_sd(obj: dict, source: Path) -> dict[str, torch.Tensor]:
@@ -84,13 +91,22 @@ def _extract_backbone_sd(obj: dict, source: Path) -> dict[str, torch.Tensor]:
 
 
 def load_backbone_weights(backbone: nn.Module, path: str | Path, source_name: str = "") -> None:
-    """Load the backbone part of a usclf checkpoint or a plain state dict into `backbone` (strict)."""
+    """Load the backbone part of a usclf checkpoint, a plain state dict or a .safetensors file into
+    `backbone`: every backbone key must be present; only classifier keys may be extra; an RGB first conv
+    is summed to the model's input channels."""
     path = Path(path)
-    sd = _extract_backbone_sd(load_checkpoint(path), path)
+    name = source_name or type(backbone).__name__
+    sd = _extract_backbone_sd(_read_weights(path), path)
     own = backbone.state_dict()
-    sd = {k: v for k, v in sd.items() if k in own}  # drop classifier / head tensors
+    classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or "fc"
+    heads = tuple(f"{c}." for c in ([classifier] if isinstance(classifier, str) else classifier))
+    # keys of another (e.g. deeper) network must not be silently dropped; only the classifier may be
+    foreign = [k for k in sd if k not in own and not k.startswith(heads)]
+    sd = {k: v for k, v in sd.items() if k in own}
     if not sd:
-        raise UsclfError(f"{path} holds no weights for backbone {source_name or type(backbone).__name__}")
+        raise UsclfError(f"{path} holds no weights for backbone {name}")
+    if foreign:
+        raise UsclfError(f"{path} does not fit backbone {name}: {len(foreign)} unexpected keys (e.g. {foreign[0]})")
     for k, v in list(sd.items()):
         want = own[k]
         # an RGB first conv loaded into a grayscale (or other in_chans) model
@@ -102,7 +118,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path, source_name: st
     if missing or shapes:
         what = (f"{len(missing)} missing keys (e.g. {missing[0]})" if missing else
                 f"shape mismatch at {shapes[0]}: {tuple(sd[shapes[0]].shape)} vs {tuple(own[shapes[0]].shape)}")
-        raise UsclfError(f"{path} does not fit backbone {source_name or type(backbone).__name__}: {what}")
+        raise UsclfError(f"{path} does not fit backbone {name}: {what}")
     backbone.load_state_dict(sd)
 
 

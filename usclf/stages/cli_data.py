@@ -1,7 +1,7 @@
 """CLI glue for the data commands: simulate, ingest (+ split), split."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import dump_config, load_config
@@ -42,7 +42,8 @@ def split_summary(df) -> str:
 def run_ingest(args):
     cfg = load_config(IngestStageConfig, args.config, _set(args.overrides, **{"ingest.size": args.size}))
     res = ingest(args.root, args.out, args.labels, cfg.ingest, progress=not args.quiet)
-    dump_config(cfg, Path(args.out) / "ingest_config.yaml")
+    shown = IngestStageConfig(replace(cfg.ingest, salt="<set>" if cfg.ingest.salt else None), cfg.split)
+    dump_config(shown, Path(args.out) / "ingest_config.yaml")  # never the salt itself: it unmasks patient ids
     print(f"ingested {res.n_frames_kept} frames from {res.n_files_kept}/{res.n_files} files "
           f"({res.n_files_skipped} files skipped, {res.n_frames_dropped} frames dropped; see {res.report})")
     print(f"  cache {res.images}  manifest {res.manifest}")

@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -179,7 +180,7 @@ def _sampler_state(sampler: Any, consumed: int) -> Any:
         takes = "consumed" in inspect.signature(sampler.state_dict).parameters
     except (TypeError, ValueError):
         takes = False
-    return sampler.state_dict()
+    return sampler.state_dict(consumed=consumed) if takes else sampler.state_dict()
 
 
 def _float(v: Any) -> float:
@@ -249,12 +250,8 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def _state(self, epoch: int, batches_done: int, epoch_rng: dict, sums: dict, count: int,
                sampler_state: Any) -> dict:
-        spec = None
-        try:
-            from ..models.heads import model_spec
-            spec = model_spec(self.model)
-        except UsclfError:
-            pass
+        heads = sys.modules.get("usclf.models.heads")  # a Classifier implies it is imported already
+        spec = heads.model_spec(self.model) if heads and isinstance(self.model, heads.Classifier) else None
         return {
             "format": FORMAT, "spec": spec, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),

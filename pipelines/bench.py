@@ -1,0 +1,112 @@
+"""Throughput benchmarks; speed claims in the README and closing notes come from this output.
+
+    python pipelines/bench.py data     # ingest frames/s; loader (sampler + weak/strong transforms) vs
+                                       # ResNet18 two-view training step, at 64 and 128 px
+Ratios are measured in one run, since these machines are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from usclf.data.cache import open_dataset  # noqa: E402
+from usclf.data.dataset import UltrasoundDataset  # noqa: E402
+from usclf.data.ingest import IngestConfig, ingest  # noqa: E402
+from usclf.data.sampler import ExamBatchSampler, make_loader  # noqa: E402
+from usclf.data.simulate import SimulateConfig, simulate  # noqa: E402
+from usclf.data.transforms import AugmentConfig  # noqa: E402
+from usclf.losses.pica import pica_loss  # noqa: E402
+from usclf.models.heads import build_classifier  # noqa: E402
+
+
+def timed(fn, min_seconds: float = 3.0, warmup: int = 1) -> tuple[int, float]:
+    """Run fn() (returning an item count) repeatedly for at least min_seconds; (items, seconds)."""
+    for _ in range(warmup):
+        fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        n += fn()
+    return n, time.perf_counter() - t0
+
+
+def bench_ingest(tmp: Path, exams: int, size: int) -> float:
+    raw = tmp / "raw"
+    simulate(raw, SimulateConfig(exams=exams, size=int(size * 1.5), seed=1), progress=False)
+    t0 = time.perf_counter()
+    res = ingest(raw, tmp / f"ds{size}", raw / "labels.csv", IngestConfig(size=size), progress=False)
+    return res.n_frames_kept / (time.perf_counter() - t0)
+
+
+def loader_rate(ds, size: int, views: tuple[str, ...], batch_exams: int, workers: int) -> float:
+    aug = AugmentConfig(size=size)
+    data = UltrasoundDataset(ds, None, views=views, aug=aug)
+    sampler = ExamBatchSampler(data.exam_ids, batch_exams, 16, seed=0)
+    loader = make_loader(data, sampler, workers)
+    state = {"epoch": 0}
+
+    def one_epoch() -> int:
+        sampler.set_epoch(state["epoch"])
+        state["epoch"] += 1
+        return sum(b["views"][0].shape[0] for b in loader)
+    n, s = timed(one_epoch, 3.0)
+    return n / s
+
+
+def step_rate(size: int, batch: int, k: int = 11) -> float:
+    """ResNet18 (1 channel) + cluster head, two views in one forward pass, PICA loss, Adam step."""
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", "cluster", num_clusters=k)
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    x = torch.randn(2 * batch, 1, size, size)
+
+    def step() -> int:
+        p = model(x)
+        loss, _ = pica_loss(p[:batch], p[batch:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return batch
+    n, s = timed(step, 4.0)
+    return n / s
+
+
+def bench_data(args) -> None:
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        rate = bench_ingest(tmp, args.exams, 128)
+        print(f"ingest (decode + Doppler check + crop + resize + cache write), 128 px: {rate:8.1f} frames/s")
+        ds = open_dataset(tmp / "ds128")
+        print(f"{'size':>5} {'loader weak+weak':>17} {'loader weak+strong':>19} {'ResNet18 2-view step':>21} "
+              f"{'ratio (worst loader/step)':>26}")
+        for size in (64, 128):
+            ww = loader_rate(ds, size, ("weak", "weak"), 8, args.workers)
+            ws = loader_rate(ds, size, ("weak", "strong"), 8, args.workers)
+            st = step_rate(size, args.batch)
+            ratio = min(ww, ws) / st
+            verdict = "ok (>= 10x)" if ratio >= 10 else "BELOW 10x"
+            print(f"{size:>5} {ww:>13.0f} im/s {ws:>15.0f} im/s {st:>17.1f} im/s {ratio:>20.1f}x {verdict}")
+    print("images/s count source images; each yields two augmented views (loader) / two forward passes (step).")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["data"], help="which benchmark to run")
+    p.add_argument("--exams", type=int, default=40, help="simulated exams for the ingest/loader benchmark")
+    p.add_argument("--batch", type=int, default=64, help="images per training step (two views each)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the loader benchmark")
+    args = p.parse_args(argv)
+    {"data": bench_data}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
