@@ -53,3 +53,13 @@ def test_help_lists_every_command():
     r = subprocess.run([sys.executable, "-m", "usclf.cli", "--help"], capture_output=True, text=True)
     for cmd in ("simulate", "ingest", "split", "pretrain", "evaluate"):
         assert cmd in r.stdout
+
+
+def test_example_manifest_is_valid():
+    from pathlib import Path
+    from usclf.data.manifest import DEFAULT_CLASSES, read_manifest
+    df = read_manifest(Path(__file__).resolve().parents[1] / "data_manifests" / "example_manifest.csv")
+    assert validate_manifest(df, DEFAULT_CLASSES) == []
+    bad = df.copy()
+    bad.loc[0, "split"] = "val"  # one exam of patient p_9c0d11 moves to val, the other stays in train
+    assert any("patient leakage" in p for p in validate_manifest(bad, DEFAULT_CLASSES))

@@ -220,9 +220,11 @@ def test_hook_stop_and_explicit_is_best(tmp_path):
 
 def test_max_steps_overrides_epochs_and_ends_with_a_partial_epoch(tmp_path):
     calls = []
+    (tmp_path / "best.pt").write_bytes(b"stale best from an earlier run")
     res = Trainer(tiny_model(), cfg(epochs=1, max_steps=7), step_fn, tmp_path,
                   on_epoch_end=lambda e, m: calls.append(e)).fit(_seeded_loader())
     assert res.steps == 7 and res.epochs == 2 and calls == [0, 1]
+    assert res.best_path is None and not (tmp_path / "best.pt").exists()
     assert load_checkpoint(res.last_path)["step"] == 7
 
 

@@ -84,6 +84,49 @@ def _evaluate(p):
     _common(p)
 
 
+def _trainer_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by finetune and semisup."""
+    p.add_argument("--data", help="dataset folder written by `usclf ingest` (config key data.path)")
+    p.add_argument("--out", help="output folder for checkpoints, model.pt, config.yaml and eval/ (key out)")
+    p.add_argument("--init", metavar="random|imagenet|PATH", help="feature-extractor init: random, imagenet "
+                   "(local weights only: key model.imagenet_weights or env USCLF_IMAGENET_WEIGHTS, else the "
+                   "HF/torch hub cache) or a usclf model/checkpoint file, e.g. a pretrain model.pt (key model.init)")
+    p.add_argument("--label-fraction", type=float, metavar="F", help="share of the labelled train exams to "
+                   "use, in (0, 1] (paper: 0.1, 0.2, 0.5, 1); nested across fractions (key label_fraction)")
+    p.add_argument("--seed", type=int, help="training seed, also the label-subset seed unless fraction_seed "
+                   "is set (key train.seed)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    _common(p)
+
+
+@command("finetune", "supervised multi-label classifier (BCE) from random / ImageNet / pretrain init: early "
+         "stopping on validation F1, per-class thresholds, test report", "usclf.stages.cli_train:run_finetune")
+def _finetune(p):
+    _trainer_args(p)
+
+
+@command("semisup", "semi-supervised multi-label FixMatch (one or two heads) on labelled + unlabelled exams: "
+         "fixed steps, best validation F1, per-class thresholds, test report", "usclf.stages.cli_train:run_semisup")
+def _semisup(p):
+    p.add_argument("--heads", choices=["one", "two"], help="one: sigmoid head, pseudo-labels p >= 0.5; two: "
+                   "softmax over label combinations for pseudo-labels + sigmoid head for predictions (default two)")
+    _trainer_args(p)
+
+
+
+@command("predict", "run a model over exam folders (DICOM/PNG/JPEG): per-image class scores, thresholded labels "
+         "and skip reasons, plus a per-exam organ inventory; resumable", "usclf.stages.cli_predict:run_predict")
+def _predict(p):
+    p.add_argument("--model", required=True, help="model file with thresholds (OUT/model.pt of `usclf evaluate`, "
+                   "finetune or semisup)")
+    p.add_argument("--input", required=True, metavar="DIR", help="folder of exam folders (read like ingest)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .csv, .parquet or .json/.jsonl (JSON "
+                   "Lines); the inventory goes to FILE_exams.EXT; rerun the same command to resume a killed run")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, default=0, help="processes decoding files (default 0: in this process)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="usclf", description="Semi-supervised ultrasound organ classification: deep clustering "

@@ -216,6 +216,17 @@ def _outcomes(tasks: list[tuple[str, str, dict]], workers: int) -> Iterator[_Out
 
 
 # ------------------------------------------------------------------------------------------ ingest
+def exam_key_of(rel: str, meta: dict, csv_exam_id: str = "") -> str:
+    """Exam identity before hashing: DICOM StudyInstanceUID, else the labels-CSV exam id, else the top
+    folder under ROOT (a file directly in ROOT is its own exam)."""
+    parts = PurePosixPath(rel).parts
+    if meta.get("study_uid"):
+        return "exam:" + meta["study_uid"]
+    if csv_exam_id:
+        return "exam:" + csv_exam_id
+    return "folder:" + (parts[0] if len(parts) > 1 else rel)
+
+
 def _hash(prefix: str, salt: str, key: str) -> str:
     return prefix + hashlib.sha256(f"{salt}\0{key}".encode()).hexdigest()[:12]
 
@@ -307,10 +318,7 @@ def _file_reason(o: _Outcome, kept: list, dropped: list) -> str:
 def _manifest_row(o: _Outcome, frame: int, meta: dict, cache_row: int, labels: _Labels,
                   salt: str) -> dict:
     csv_ids = labels.ids.get(o.rel, {})
-    parts = PurePosixPath(o.rel).parts
-    folder_key = "folder:" + (parts[0] if len(parts) > 1 else o.rel)
-    exam_key = ("exam:" + meta["study_uid"] if meta.get("study_uid")
-                else "exam:" + csv_ids["exam_id"] if csv_ids.get("exam_id") else folder_key)
+    exam_key = exam_key_of(o.rel, meta, csv_ids.get("exam_id", ""))
     patient_key = ("pid:" + meta["patient_id"] if meta.get("patient_id")
                    else "pid:" + csv_ids["patient_id"] if csv_ids.get("patient_id") else exam_key)
     row = {"image_id": "i_" + hashlib.sha1(f"{o.rel}#{frame}".encode()).hexdigest()[:16],

@@ -84,7 +84,9 @@ def _fit_text(text: str, scale: float, width: float) -> float:
     return scale
 
 
-def _chrome(S: int, texts_left: list[str], texts_right: list[str], rng: np.random.Generator) -> tuple[np.ndarray, float]:
+def _chrome(S: int, texts_left: list[str], texts_right: list[str],
+            rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Burned-in text (left and right of the sector top) and a grey-scale bar, as a uint8 overlay."""
     ov = np.zeros((S, S), np.uint8)
     base = S / 300
     lines = (0.06, 0.11, 0.16)
@@ -335,7 +337,8 @@ def _doppler(st: ExamStyle, gray: np.ndarray, rng: np.random.Generator) -> np.nd
     l0 = rng.uniform(-0.9, 0.1)
     l1 = min(1.0, l0 + rng.uniform(0.6, 0.9))
     d0 = rng.uniform(0.1, 0.45)
-    box = st.mask & (st.lat >= l0) & (st.lat <= l1) & (st.depth >= d0) & (st.depth <= d0 + rng.uniform(0.3, 0.45))
+    d1 = d0 + rng.uniform(0.3, 0.45)
+    box = st.mask & (st.lat >= l0) & (st.lat <= l1) & (st.depth >= d0) & (st.depth <= d1)
     vel = _crop(st, "medium", rng)
     mag = np.clip((np.abs(vel) - 0.7) / 1.2, 0, 1)
     rgb = np.repeat(gray[:, :, None], 3, axis=2)

@@ -72,7 +72,8 @@ def _check(cfg: SimulateConfig) -> tuple[list[str], dict[str, float], int]:
     if cfg.format not in ("png", "dicom", "mixed"):
         raise UsclfError(f"simulate: format must be png, dicom or mixed, got {cfg.format!r}")
     if not 1 <= cfg.frames_min <= cfg.frames_max:
-        raise UsclfError(f"simulate: need 1 <= frames_min <= frames_max, got {cfg.frames_min}, {cfg.frames_max}")
+        raise UsclfError(f"simulate: need 1 <= frames_min <= frames_max, "
+                         f"got {cfg.frames_min}, {cfg.frames_max}")
     if not 0 <= cfg.doppler_rate < 1:
         raise UsclfError(f"simulate: doppler_rate must be in [0, 1), got {cfg.doppler_rate}")
     classes = list(cfg.classes)
@@ -83,14 +84,18 @@ def _check(cfg: SimulateConfig) -> tuple[list[str], dict[str, float], int]:
     missing = [c for c in classes if c not in cfg.class_freq]
     if missing:
         raise UsclfError(f"simulate: class_freq has no rate for {', '.join(missing)}")
-    freq = {c: float(cfg.class_freq[c]) for c in classes}
+    try:
+        freq = {c: float(cfg.class_freq[c]) for c in classes}
+    except (TypeError, ValueError):
+        raise UsclfError(f"simulate: class_freq values must be numbers, got {cfg.class_freq}") from None
     bad = [c for c, f in freq.items() if not 0 <= f <= 1]
     if bad:
         raise UsclfError(f"simulate: class_freq['{bad[0]}'] must be in [0, 1], got {freq[bad[0]]}")
     return classes, freq, patients
 
 
-def solve_combinations(classes: list[str], freq: dict[str, float]) -> list[tuple[tuple[str, ...], float, float]]:
+def solve_combinations(classes: list[str],
+                       freq: dict[str, float]) -> list[tuple[tuple[str, ...], float, float]]:
     """Probabilities of label sets (organ tuples; () = other) whose per-class rates equal `freq`.
 
     Returns [(organs, probability, region_key)]. Raises UsclfError when the rates are contradictory.
@@ -144,7 +149,7 @@ def plan_exams(cfg: SimulateConfig, classes: list[str], freq: dict[str, float], 
     counts[np.argsort(-(p * total - counts), kind="stable")[:rest]] += 1
     ids = np.repeat(np.arange(len(combos)), counts)
     region = np.array([c[2] for c in combos])[ids]
-    keys = np.where(region < 0, rng.uniform(0, 3, total), region + rng.normal(0, EXAM_KEY_NOISE, total))
+    keys = np.where(region < 0, rng.uniform(-0.5, 3.5, total), region + rng.normal(0, EXAM_KEY_NOISE, total))
     ids = ids[np.argsort(keys, kind="stable")]
     doppler = np.zeros(total, bool)
     doppler[rng.choice(total, int(round(cfg.doppler_rate * total)), replace=False)] = True
@@ -170,7 +175,8 @@ def _patient(seed: int, pid: int) -> dict:
     """Body habitus shared by all exams of one patient (fatty liver: brighter, more attenuating)."""
     rng = np.random.default_rng([seed, 2, pid])
     fatty = rng.random() < 0.25
-    return dict(id=f"PAT-{pid + 1:05d}", name=f"{SURNAMES[pid % 10]}^{GIVEN[(pid // 10 + 3 * pid) % 10]}{pid + 1}",
+    name = f"{SURNAMES[pid % 10]}^{GIVEN[(pid // 10 + 3 * pid) % 10]}{pid + 1}"
+    return dict(id=f"PAT-{pid + 1:05d}", name=name,
                 birth=f"{rng.integers(1935, 2005)}{rng.integers(1, 13):02d}{rng.integers(1, 29):02d}",
                 sex=str(rng.choice(["F", "M"])), liver_echo=1.35 if fatty else 1.0,
                 atten=float(rng.uniform(1.2, 2.0) + 0.6 * fatty), scale=float(rng.uniform(0.85, 1.15)))
@@ -221,16 +227,21 @@ def _write_exam(out: Path, ex: dict, pat: dict, cfg: SimulateConfig, classes: li
     rng = np.random.default_rng([cfg.seed, 1, ex["index"]])
     vendor = VENDORS[ex["vendor"]]
     date = f"{ex['date'][:4]}-{ex['date'][4:6]}-{ex['date'][6:]}"
-    texts = ([pat["name"], pat["id"], date], ["C5-2 ABD", f"MI 1.{rng.integers(0, 4)} TIS 0.{rng.integers(1, 9)}"])
+    texts = ([pat["name"], pat["id"], date],
+             ["C5-2 ABD", f"MI 1.{rng.integers(0, 4)} TIS 0.{rng.integers(1, 9)}"])
     st = make_exam_style(cfg.size, ex["vendor"], pat, texts, rng)
     folder = out / ex["folder"]
     folder.mkdir(parents=True)
-    imgs = [render_frame(st, combo, rng, dop, k) for k, (combo, dop) in enumerate(zip(ex["combos"], ex["doppler"]))]
+    imgs = [render_frame(st, combo, rng, dop, k)
+            for k, (combo, dop) in enumerate(zip(ex["combos"], ex["doppler"]))]
     files: list[tuple[str, list[int]]] = []             # (file name, frame indices it holds)
     if ex["kind"] in ("png", "jpg"):
         for k, img in enumerate(imgs):
             name = f"IMG_{k + 1:04d}.{ex['kind']}"
-            arr = img[:, :, ::-1] if img.ndim == 3 else (np.repeat(img[:, :, None], 3, 2) if vendor["rgb_gray"] else img)
+            if img.ndim == 3:
+                arr = img[:, :, ::-1]                       # RGB -> cv2's BGR
+            else:
+                arr = np.repeat(img[:, :, None], 3, 2) if vendor["rgb_gray"] else img
             params = [cv2.IMWRITE_JPEG_QUALITY, vendor["jpeg"]] if ex["kind"] == "jpg" else []
             if not cv2.imwrite(str(folder / name), np.ascontiguousarray(arr), params):
                 raise UsclfError(f"simulate: could not write {folder / name}")
@@ -266,7 +277,9 @@ def simulate(out: str | Path, cfg: SimulateConfig, progress: bool = True) -> dic
 
     classes, freq, n_patients = _check(cfg)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        raise UsclfError(f"simulate: output path {out} is a file; choose a new folder")
+    if out.exists() and any(out.iterdir()):
         raise UsclfError(f"simulate: output folder {out} is not empty; choose a new folder")
     t0 = time.perf_counter()
     exams = plan_exams(cfg, classes, freq, n_patients, np.random.default_rng([cfg.seed, 0]))
@@ -285,7 +298,8 @@ def simulate(out: str | Path, cfg: SimulateConfig, progress: bool = True) -> dic
                    doppler_frames=int(df["doppler"].sum()), files=int(df["path"].nunique()),
                    patients_with_several_exams=int((per_exam > 1).sum()),
                    per_class={c: int(df[c].sum()) for c in classes}, format=cfg.format, size=cfg.size,
-                   seed=cfg.seed, seconds=round(seconds, 3), frames_per_s=round(len(df) / max(seconds, 1e-9), 1))
+                   seed=cfg.seed, seconds=round(seconds, 3),
+                   frames_per_s=round(len(df) / max(seconds, 1e-9), 1))
     if progress:
         print(format_summary(summary))
     return summary
@@ -295,5 +309,6 @@ def format_summary(s: dict) -> str:
     """Human-readable summary of a simulate() result."""
     per = ", ".join(f"{c} {n} ({n / max(s['frames'], 1):.1%})" for c, n in s["per_class"].items())
     return (f"simulated {s['frames']} frames ({s['doppler_frames']} colour Doppler) in {s['files']} files, "
-            f"{s['exams']} exams, {s['patients']} patients ({s['patients_with_several_exams']} with several exams) "
+            f"{s['exams']} exams, {s['patients']} patients "
+            f"({s['patients_with_several_exams']} with several exams) "
             f"-> {s['out']} [{s['seconds']:.1f} s, {s['frames_per_s']:.0f} frames/s]\nper class: {per}")

@@ -22,3 +22,22 @@ def run_evaluate(args):
     cfg = load_config(EvaluateConfig, args.config, _set(args.overrides, **{
         "model": args.model, "data.path": args.data, "out": args.out}))
     return evaluate(cfg, tracking_uri=args.tracking_uri, progress=not args.quiet)
+
+
+def _trainer_opts(args) -> dict:
+    """Options shared by finetune and semisup, as config keys."""
+    return {"data.path": args.data, "out": args.out, "model.init": args.init,
+            "label_fraction": args.label_fraction, "train.seed": args.seed}
+
+
+def run_finetune(args):
+    from .finetune import FinetuneConfig, finetune
+    cfg = load_config(FinetuneConfig, args.config, _progress(args, _set(args.overrides, **_trainer_opts(args))))
+    return finetune(cfg, resume=args.resume, tracking_uri=args.tracking_uri)
+
+
+def run_semisup(args):
+    from .semisup import SemisupConfig, semisup
+    cfg = load_config(SemisupConfig, args.config, _progress(args, _set(
+        args.overrides, heads=args.heads, **_trainer_opts(args))))
+    return semisup(cfg, resume=args.resume, tracking_uri=args.tracking_uri)

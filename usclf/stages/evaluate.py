@@ -38,6 +38,7 @@ class EvaluateConfig:
     embedding: str = "tsne"             # tsne | pca
     max_points: int = 2000              # t-SNE subsample (seconds on CPU)
     gallery_per_cluster: int = 12
+    figures: bool = True                # t-SNE + per-class bars + gallery (off in multi-run studies for speed)
     device: str = "auto"
     experiment: str = "usclf-evaluate"
     data: DataConfig = field(default_factory=DataConfig)
@@ -47,7 +48,8 @@ def _label_names(Y: np.ndarray, classes: list[str]) -> list[str]:
     return ["+".join(c for c, v in zip(classes, row) if v) or "none" for row in Y.astype(int)]
 
 
-def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: bool = True) -> dict:
+def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: bool = True,
+             parent_run_id: str | None = None) -> dict:
     """Evaluate `cfg.model`; returns {'report': DataFrame, 'metrics': dict, 'model': Path, ...}."""
     if not cfg.model:
         raise UsclfError("no model given: set --model PATH")
@@ -89,20 +91,14 @@ def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: boo
     metrics.update({f"test/f1_{c}": float(report.loc[c, "f1"]) for c in ds.classes})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "thresholds.json").write_text(json.dumps(dict(zip(ds.classes, map(float, th))), indent=2))
-    plot_embedding(r_test["features"], clusters, names, out / "figures" / "tsne.png", method=cfg.embedding,
-                   max_points=cfg.max_points, title=f"test features ({meta.get('stage', '')} {meta.get('method', '')})")
-    plot_per_class_f1(report, out / "figures" / "per_class_f1.png", title="test F1 per class")
-    if V is not None or head == "twohead":
-        mix = V if V is not None else _mix_from(clusters, y_test, int(r_test["combo"].shape[1]))
-        cluster_gallery(ds.images[ds.manifest["cache_row"].to_numpy()[test]], clusters, confidence, mix,
-                        ds.classes, out / "gallery", per_cluster=cfg.gallery_per_cluster,
-                        title=f"clusters of {Path(cfg.model).name} on the test split")
+    if cfg.figures:
+        _figures(cfg, meta, ds, test, r_test, clusters, confidence, names, report, V, y_test, head, out)
     model_out = update_model_meta(cfg.model, out / "model.pt", thresholds=[float(t) for t in th],
                                   matching=V.tolist() if V is not None else [], soft_matching=cfg.soft)
     params = {"stage": "evaluate", "model": str(cfg.model), "head": head, "method": meta.get("method", ""),
               "data_hash": dhash, "n_dev": len(dev), "n_test": len(test), "config": to_dict(cfg)}
     with Tracker(tracking_uri, cfg.experiment, f"evaluate-{Path(cfg.model).parent.name}", params,
-                 {"stage": "evaluate", "method": str(meta.get("method", head))}) as tracker:
+                 {"stage": "evaluate", "method": str(meta.get("method", head))}, parent_run_id) as tracker:
         tracker.log_metrics(metrics)
         tracker.log_artifacts(out)
     print(format_report(report, f"test report ({len(test)} images; thresholds chosen on {cfg.dev_split})"))
@@ -118,3 +114,15 @@ def _mix_from(clusters: np.ndarray, Y: np.ndarray, k: int) -> np.ndarray:
     for c in np.unique(clusters):
         mix[c] = Y[clusters == c].mean(0)
     return mix
+
+
+def _figures(cfg, meta, ds, test, r_test, clusters, confidence, names, report, V, y_test, head, out) -> None:
+    """t-SNE of test features, per-class F1 bars, and the HTML cluster gallery."""
+    plot_embedding(r_test["features"], clusters, names, out / "figures" / "tsne.png", method=cfg.embedding,
+                   max_points=cfg.max_points, title=f"test features ({meta.get('stage', '')} {meta.get('method', '')})")
+    plot_per_class_f1(report, out / "figures" / "per_class_f1.png", title="test F1 per class")
+    if V is not None or head == "twohead":
+        mix = V if V is not None else _mix_from(clusters, y_test, int(r_test["combo"].shape[1]))
+        cluster_gallery(ds.images[ds.manifest["cache_row"].to_numpy()[test]], clusters, confidence, mix,
+                        ds.classes, out / "gallery", per_cluster=cfg.gallery_per_cluster,
+                        title=f"clusters of {Path(cfg.model).name} on the test split")

@@ -74,7 +74,8 @@ def make_step(loss_fn):
     return step
 
 
-def pretrain(cfg: PretrainConfig, resume: bool = False, tracking_uri: str | None = None) -> Path:
+def pretrain(cfg: PretrainConfig, resume: bool = False, tracking_uri: str | None = None,
+             parent_run_id: str | None = None) -> Path:
     """Train the clustering model; returns the path of the model file (last-epoch weights, paper Sec. 3.2)."""
     loss_fn = clustering_loss(cfg.method, cfg.lam, cfg.epsilon)
     dist = init_distributed() if get_dist_info().world_size > 1 else get_dist_info()
@@ -97,7 +98,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, tracking_uri: str | None
               "config": to_dict(cfg)}
     tags = {"stage": "pretrain", "method": cfg.method, "init": cfg.model.init}
     with Tracker(tracking_uri, cfg.experiment, f"pretrain-{cfg.method}-seed{cfg.train.seed}", params, tags,
-                 enabled=dist.is_main) as tracker:
+                 parent_run_id, enabled=dist.is_main) as tracker:
         trainer = Trainer(model, cfg.train, make_step(loss_fn), out / "checkpoints", tracker)
         result = trainer.fit(loader, resume=resume)
         path = out / "model.pt"

@@ -7,8 +7,10 @@ process on the concatenated batch (see `_GatherWithGrad` for why).
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -67,6 +69,26 @@ def init_distributed(backend: str | None = None) -> DistInfo:
         torch.cuda.set_device(local)
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
     return DistInfo(rank, world, local, backend)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (callers add the rank so ranks differ)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> cuda:LOCAL_RANK when CUDA is available, else cpu; explicit names are checked."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsclfError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsclfError(f"device '{name}' asked for but CUDA is not available")
+    return dev
 
 
 def cleanup_distributed() -> None:

@@ -17,13 +17,11 @@ import inspect
 import logging
 import math
 import os
-import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -31,7 +29,8 @@ from tqdm.auto import tqdm
 from ..errors import UsclfError
 from .checkpoint import (FORMAT, capture_rng, cpu_state_dict, load_checkpoint, load_model_state,
                          restore_rng, save_checkpoint)
-from .distributed import any_across_ranks, all_reduce_mean, broadcast_object, get_dist_info
+from .distributed import (all_reduce_mean, any_across_ranks, broadcast_object, get_dist_info, resolve_device,
+                          seed_everything)
 
 log = logging.getLogger("usclf.train")
 
@@ -145,26 +144,8 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     raise UsclfError(f"unknown optimizer '{cfg.name}'; valid: adam, adamw, sgd")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsclfError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsclfError(f"device '{name}' asked for but CUDA is not available")
-    return dev
-
-
-def _sampler_with(loader: Any, method: str) -> Any:
-    for name in ("batch_sampler", "sampler"):
+def _sampler_with(loader: Any, method: str, where: tuple[str, ...] = ("batch_sampler", "sampler")) -> Any:
+    for name in where:
         s = getattr(loader, name, None)
         if s is not None and callable(getattr(s, method, None)):
             return s
@@ -287,7 +268,7 @@ class Trainer:
         self.step, self.best_metric = int(ck["step"]), ck["best_metric"]
         self.best_epoch, self.bad_epochs = ck["best_epoch"], int(ck["bad_epochs"])
         self.history, self.stopped_early = list(ck["history"]), bool(ck["stopped_early"])
-        if self.best_path.is_file():
+        if self.best_epoch is not None and self.best_path.is_file():
             self.best_state = load_checkpoint(self.best_path)["model"]
         return ck
 
@@ -374,8 +355,10 @@ class Trainer:
         seed_everything(cfg.seed + self.dist.rank)
         self._setup()
         ck = self._resume() if resume else None
+        if ck is None and self.dist.is_main and self.best_path.is_file():
+            self.best_path.unlink()  # a stale best.pt from an earlier run in this folder
         epoch = int(ck["epoch"]) if ck else 0
-        state_sampler = _sampler_with(loader, "state_dict")
+        state_sampler = _sampler_with(loader, "load_state_dict", ("batch_sampler",))  # counts batches
         epoch_sampler = _sampler_with(loader, "set_epoch")
         while not self._done(epoch):
             sums: dict[str, float] = {}
@@ -406,14 +389,12 @@ class Trainer:
             total = len(loader) if hasattr(loader, "__len__") else None
             bar = tqdm(total=total, initial=b, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
                        disable=not (cfg.progress and self.dist.is_main))
-            seen = b
             for batch in it:
                 ctx = StepContext(self.step, epoch, b, self.device, self.dist.rank, self.dist.world_size)
                 self.net.train()
                 values = self._train_step(batch, ctx)
                 self.step += 1
                 b += 1
-                seen += 1
                 count += 1
                 for k, v in values.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -427,7 +408,7 @@ class Trainer:
                     state = _sampler_state(state_sampler, b)
                     self._save_last(epoch, b, epoch_rng, sums, count, state)
             bar.close()
-            if seen == 0:
+            if b == 0:
                 raise UsclfError(f"the training loader yielded no batches (epoch {epoch + 1})")
             self._end_epoch(epoch, sums, count)
             epoch += 1

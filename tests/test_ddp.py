@@ -1,0 +1,120 @@
+"""DDP on CPU (gloo, 2 processes): gathered PICA loss and gradients equal one process on the whole batch."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from usclf.losses.pica import pica_loss
+from usclf.train.distributed import cleanup_distributed, gather_with_grad, get_dist_info, init_distributed
+from usclf.train.loop import OptimConfig, TrainConfig, Trainer
+
+N, D, K = 8, 6, 4
+SIZES = (5, 3)  # ranks hold different numbers of rows, as exam-level batches do
+STEPS = 3
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)  # no BatchNorm: its statistics would be per rank
+    return nn.Sequential(nn.Linear(D, 5), nn.Tanh(), nn.Linear(5, K), nn.Softmax(dim=1))
+
+
+def _batches() -> list[dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(1)
+    return [{"a": torch.randn(N, D, generator=g), "b": torch.randn(N, D, generator=g)} for _ in range(STEPS)]
+
+
+def _rows(rank: int | None) -> slice:
+    if rank is None:
+        return slice(0, N)
+    start = sum(SIZES[:rank])
+    return slice(start, start + SIZES[rank])
+
+
+def _pica_step(model, batch, ctx):
+    n = batch["a"].shape[0]
+    p = model(torch.cat([batch["a"], batch["b"]]))  # one forward over both views
+    x, y = gather_with_grad(p[:n]), gather_with_grad(p[n:])
+    loss, parts = pica_loss(x, y)
+    return loss, parts
+
+
+def _run(rank: int | None, out: Path) -> None:
+    """One-step gradients and a 3-step Trainer run on this rank's rows (all rows when rank is None)."""
+    rows = _rows(rank)
+    model = _model()
+    net = model
+    if rank is not None:
+        net = nn.parallel.DistributedDataParallel(model)
+    batch = {k: v[rows] for k, v in _batches()[0].items()}
+    loss, _ = _pica_step(net, batch, None)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    model2 = _model()
+    cfg = TrainConfig(epochs=1, ckpt_every=1, progress=False, device="cpu",
+                      optim=OptimConfig(name="sgd", lr=0.5, momentum=0.0))
+    loader = [{k: v[rows] for k, v in b.items()} for b in _batches()]
+    tag = "single" if rank is None else f"rank{rank}"
+    res = Trainer(model2, cfg, _pica_step, out / tag).fit(loader)
+    torch.save({"loss": loss.detach(), "grads": grads, "weights": model2.state_dict(),
+                "history": res.history, "world": get_dist_info().world_size}, out / f"{tag}.pt")
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    info = init_distributed()
+    assert info.world_size == world and info.backend == "gloo"
+    try:
+        _run(rank, Path(out))
+    finally:
+        cleanup_distributed()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    start = time.time()
+    ctx = mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=False,
+                             start_method="spawn")
+    try:
+        while not ctx.join(timeout=60):
+            if time.time() - start > 120:
+                pytest.fail("DDP workers did not finish in 120 s")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    _run(None, tmp_path)
+    single = torch.load(tmp_path / "single.pt", weights_only=True)
+    assert single["world"] == 1
+    for r in range(2):
+        got = torch.load(tmp_path / f"rank{r}.pt", weights_only=True)
+        assert got["world"] == 2
+        assert torch.allclose(got["loss"], single["loss"], atol=1e-6)
+        for k, g in single["grads"].items():
+            assert torch.allclose(got["grads"][k], g, atol=1e-5), (r, k)
+            assert g.abs().max() > 1e-3  # the comparison is not between zeros
+        for k, w in single["weights"].items():
+            assert torch.allclose(got["weights"][k], w, atol=1e-5), (r, k)
+        assert got["history"][0]["train/loss"] == pytest.approx(single["history"][0]["train/loss"], abs=1e-6)
+    # only rank 0 writes checkpoints
+    assert (tmp_path / "rank0" / "last.pt").is_file() and not (tmp_path / "rank1" / "last.pt").exists()
+
+
+def test_gather_is_identity_without_a_process_group():
+    t = torch.randn(3, 2, requires_grad=True)
+    assert gather_with_grad(t) is t
+    assert init_distributed().world_size == 1
