@@ -60,7 +60,8 @@ def main(argv=None) -> int:
     print(split_summary(df))
 
     banner("3/4 pretrain LSD deep clustering on the unlabelled exams")
-    over = [f"data.path={out / 'dataset'}", f"out={out / 'pretrain_lsd'}", f"train.progress={progress}"]
+    over = [f"data.path={out / 'dataset'}", f"out={out / 'pretrain_lsd'}", f"train.progress={progress}",
+            "evaluate_after=false"]  # evaluated explicitly in step 4
     if args.epochs:
         over.append(f"train.epochs={args.epochs}")
     model = pretrain(load_config(PretrainConfig, CONFIGS / "pretrain_lsd_demo.yaml", over), tracking_uri=uri)

@@ -11,8 +11,9 @@ unlabelled split. Arms (configs/*_demo.yaml, same label subset per seed in every
     twohead-lsd       FixMatch two-head, LSD init         (the paper's best model)
     onehead-lsd       FixMatch one-head, LSD init
     twohead-random    FixMatch two-head, random init      (tells FixMatch's share of any gain)
-Prints test weighted F1 per seed and the mean per arm; writes summary.json / summary.md in --out and
-tracks every run in --out/mlflow.db (nested under one parent run). Simulated data: not clinical results.
+Prints test weighted F1 per seed and the mean per arm; writes results.json (kept across invocations:
+done runs are skipped unless --rerun), summary.json / summary.md in --out, and tracks every run in
+--out/mlflow.db (nested under one parent run per invocation). Simulated data: not clinical results.
 """
 from __future__ import annotations
 
@@ -85,6 +86,7 @@ def main(argv=None) -> int:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="which arms to run")
     p.add_argument("--set", nargs="*", default=[], metavar="key=value",
                    help="extra overrides for every finetune/semisup run (e.g. train.max_steps=200)")
+    p.add_argument("--rerun", action="store_true", help="re-run arms/seeds already in OUT/results.json")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -97,16 +99,24 @@ def main(argv=None) -> int:
                           [f"data.path={ds}", f"out={lsd.parent}", "train.progress=false"])
         pretrain(cfg, tracking_uri=uri)
         print(f"LSD pretrained in {(time.time() - t0) / 60:.1f} min", flush=True)
-    scores: dict[str, dict[int, float]] = {}
+    # results accumulate across invocations (arms can be added later; a killed study resumes)
+    results_file = out / "results.json"
+    saved = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    scores = {arm: {int(sd): f for sd, f in v.items()} for arm, v in saved.items()}
     with Tracker(uri, "usclf-semisup-check", "semisup-check", {"fraction": args.fraction, "seeds": args.seeds,
                  "lsd": str(lsd), "overrides": args.set}, {"stage": "study"}) as parent:
         for seed in args.seeds:
             for arm in args.arms:
+                if seed in scores.get(arm, {}) and not args.rerun:
+                    continue
                 t = time.time()
                 f1 = run_arm(arm, seed, ds, lsd, out, args.fraction, uri, parent.run_id, args.set)
                 scores.setdefault(arm, {})[seed] = f1
+                results_file.write_text(json.dumps(scores, indent=2))
                 print(f"[{arm} seed {seed}] test weighted F1 {f1:.4f} ({time.time() - t:.0f} s)", flush=True)
-        summary = {arm: {"per_seed": v, **seeds_summary(list(v.values()))} for arm, v in scores.items()}
+        summary = {arm: {"per_seed": {sd: v[sd] for sd in args.seeds if sd in v},
+                         **seeds_summary([v[sd] for sd in args.seeds if sd in v])}
+                   for arm, v in scores.items() if any(sd in v for sd in args.seeds)}
         parent.log_metrics({f"{arm}/mean_test_weighted_f1": s["mean"] for arm, s in summary.items()})
         lines = [f"# test weighted F1 at {args.fraction:g} labels, seeds {args.seeds} (simulated exams)", "",
                  "| arm | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |",

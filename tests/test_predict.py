@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -201,6 +202,18 @@ def test_clustering_model_scores_are_matched_cluster_label_mixes(world):
     assert rows <= {tuple(np.round(r, 6)) for r in world.V} and len(rows) > 1
 
 
+def test_two_head_model_predicts_with_its_sigmoid_head(world, tmp_path):
+    ds = world.ds
+    m = _calibrated(build_classifier("resnet18", "twohead", num_combos=4, num_classes=len(ds.classes)), ds.images)
+    save_model_file(tmp_path / "two.pt", m, classes=ds.classes, thresholds=[0.5] * len(ds.classes),
+                    preprocess=preprocess_meta(ds, AugmentConfig(size=32)), stage="semisup")
+    res = predict(tmp_path / "two.pt", world.raw, tmp_path / "p.jsonl", progress=False, salt=SALT)
+    pred = _read(res.out).query("status == 'predicted'")
+    order = [world.man.index[world.man["key"] == k][0] for k in zip(pred["path"], pred["frame"].astype(int))]
+    ref = class_scores("twohead", infer(m, ds, np.arange(len(ds.manifest)), AugmentConfig(size=32))["out"])
+    np.testing.assert_allclose(pred[[f"p_{c}" for c in ds.classes]].to_numpy(), ref[order], atol=1e-4)
+
+
 def _predict_then_hang(model, raw, out, recorded) -> None:
     def hold(unit, n):
         recorded.set()
@@ -314,3 +327,16 @@ def test_models_without_what_predict_needs_are_refused(world, tmp_path):
     with pytest.raises(UsclfError, match="no resume state"):
         predict(world.tmp / "ml.pt", world.raw, tmp_path / "theirs.csv", progress=False)
     assert (tmp_path / "theirs.csv").read_text() == "a,b\n1,2\n"
+
+
+@pytest.mark.slow
+def test_decoding_in_worker_processes_gives_the_same_rows(world, tmp_path):
+    # output inside the input folder: predict must not read its own files (nor report their folder)
+    out = world.raw / "preds" / "p.csv"
+    try:
+        res = predict(world.tmp / "ml.pt", world.raw, out, batch_size=8, progress=False, salt=SALT, workers=2)
+        _same(_read(out), _read(world.ref.out))
+        again = predict(world.tmp / "ml.pt", world.raw, out, progress=False, salt=SALT)
+        assert again.n_rows == 0 and again.n_units == res.n_units
+    finally:
+        shutil.rmtree(world.raw / "preds")

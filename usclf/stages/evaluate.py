@@ -49,8 +49,11 @@ def _label_names(Y: np.ndarray, classes: list[str]) -> list[str]:
 
 
 def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: bool = True,
-             parent_run_id: str | None = None) -> dict:
-    """Evaluate `cfg.model`; returns {'report': DataFrame, 'metrics': dict, 'model': Path, ...}."""
+             parent_run_id: str | None = None, tracker: Tracker | None = None) -> dict:
+    """Evaluate `cfg.model`; returns {'report': DataFrame, 'metrics': dict, 'model': Path, ...}.
+
+    With `tracker` (an open run, e.g. the training run) metrics and artefacts go there instead of a new run.
+    """
     if not cfg.model:
         raise UsclfError("no model given: set --model PATH")
     device = resolve_device(cfg.device)
@@ -97,10 +100,14 @@ def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: boo
                                   matching=V.tolist() if V is not None else [], soft_matching=cfg.soft)
     params = {"stage": "evaluate", "model": str(cfg.model), "head": head, "method": meta.get("method", ""),
               "data_hash": dhash, "n_dev": len(dev), "n_test": len(test), "config": to_dict(cfg)}
-    with Tracker(tracking_uri, cfg.experiment, f"evaluate-{Path(cfg.model).parent.name}", params,
-                 {"stage": "evaluate", "method": str(meta.get("method", head))}, parent_run_id) as tracker:
+    if tracker is not None:
         tracker.log_metrics(metrics)
-        tracker.log_artifacts(out)
+        tracker.log_artifacts(out, "evaluation")
+    else:
+        with Tracker(tracking_uri, cfg.experiment, f"evaluate-{Path(cfg.model).parent.name}", params,
+                     {"stage": "evaluate", "method": str(meta.get("method", head))}, parent_run_id) as run:
+            run.log_metrics(metrics)
+            run.log_artifacts(out)
     print(format_report(report, f"test report ({len(test)} images; thresholds chosen on {cfg.dev_split})"))
     print("clustering: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()
                                      if k.split("/")[1] in ("acc", "nmi", "ari", "purity", "homogeneity")))

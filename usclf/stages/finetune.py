@@ -26,7 +26,7 @@ from ..losses.supervised import multilabel_bce
 from ..models.heads import build_classifier
 from ..models.modelfile import save_model_file
 from ..tracking import Tracker
-from ..train.distributed import get_dist_info, init_distributed
+from ..train.distributed import get_dist_info, init_distributed, seed_everything
 from ..train.loop import TrainConfig, Trainer, TrainResult
 from .common import DataConfig, ModelConfig, infer, open_split, preprocess_meta, rows_in
 from .evaluate import EvaluateConfig, evaluate
@@ -91,8 +91,8 @@ def supervised_step(model, batch, ctx):
 
 def finish(model: torch.nn.Module, cfg: Any, ds, dhash: str, val: ValidationF1, result: TrainResult,
            tracker: Tracker, tracking_uri: str | None, **meta: Any) -> tuple[Path, dict]:
-    """Thresholds on validation -> self-describing model file -> `evaluate` test report (a nested run)
-    -> test metrics and artefacts on this run. Returns (model path, evaluate's result)."""
+    """Thresholds on validation -> self-describing model file -> `evaluate`'s test report, its metrics and
+    artefacts logged to this run. Returns (model path, evaluate's result)."""
     out = Path(cfg.out)
     th = best_f1_thresholds(val.y, val.scores(model))
     path = save_model_file(out / "model.pt", model, classes=list(ds.classes), thresholds=[float(t) for t in th],
@@ -101,12 +101,10 @@ def finish(model: torch.nn.Module, cfg: Any, ds, dhash: str, val: ValidationF1, 
                            best_val_f1=result.best_metric, **meta)
     ev = evaluate(EvaluateConfig(model=str(path), out=str(out / "eval"), figures=cfg.figures,
                                  device=cfg.train.device, experiment=cfg.experiment, data=cfg.data),
-                  tracking_uri, progress=cfg.train.progress, parent_run_id=tracker.run_id)
-    tracker.log_metrics(ev["metrics"])
+                  tracking_uri, progress=cfg.train.progress, tracker=tracker)  # test metrics go to this run
     if result.best_metric is not None:
         tracker.log_metrics({"val/best_weighted_f1": result.best_metric})
     tracker.log_artifact(out / "config.yaml")
-    tracker.log_artifact(out / "eval" / "report.csv")
     tracker.log_artifact(path, "model")
     return path, ev
 
@@ -126,6 +124,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, tracking_uri: str | None
     rows = labelled_rows(ds, cfg.label_fraction, fseed)
     val = ValidationF1(ds, rows_in(ds, ["val"], "validation images"), cfg.augment, cfg.data)
     rows_in(ds, ["test"], "test images")  # fail now rather than after training
+    seed_everything(cfg.train.seed)  # the new head's (and a random backbone's) init follows the seed
     model = build_classifier(cfg.model.backbone, "multilabel", init=cfg.model.init,
                              imagenet_weights=cfg.model.imagenet_weights, num_classes=len(ds.classes))
     out = Path(cfg.out)

@@ -1,22 +1,18 @@
-"""`usclf predict`: run a model file over exam folders -> one row per image/frame + a per-exam organ inventory.
+"""`usclf predict`: a model file over exam folders -> one row per image/frame + a per-exam organ inventory.
 
-Files are read and cleaned exactly as `usclf ingest` does (`ingest._process_file`: same decoding, Doppler
-drop, scan-region crop, resize), then go through the model's `eval` transform, so scores equal those of
-`usclf evaluate` on an ingested cache of the same files. Nothing is cached.
+Files are read and cleaned by ingest's own code (`ingest._process_file`), then go through the model's `eval`
+transform: scores equal `usclf evaluate`'s on an ingested cache of the same files. Output by extension: .csv,
+.json/.jsonl (JSON Lines: one object per line) or .parquet; the inventory goes to `<stem>_exams<ext>`.
 
-Output by extension: `.csv`; `.json`/`.jsonl` = JSON Lines (one object per line); `.parquet`. The per-exam
-inventory is written next to it as `<stem>_exams<ext>`.
+Resuming: the unit of work is one folder's own files (an exam folder in the ROOT/<exam>/ layout).
+`<out>.parts/progress.jsonl` gets a line per finished folder once its rows are on disk (fsync). CSV/JSON rows
+are appended to the output and the line records its size: a rerun truncates the output there (dropping a
+half-written folder) and skips recorded folders. Parquet rows go to one part per folder in `<out>.parts/`
+(temp + rename), merged into `<out>` at the end; parts are kept so a later run over new exams predicts only
+those. The inventory is summed from per-exam counts in the progress lines, never by re-reading the output.
 
-Resuming: the unit of work is a folder's own files (an exam folder in the usual ROOT/<exam>/ layout).
-`<out>.parts/progress.jsonl` gets one line per finished folder, written after its rows are on disk (fsync).
-CSV/JSON rows are appended to the output and the line records the file size; a rerun truncates the output to
-the last recorded size (dropping a half-written folder) and skips the folders already recorded. Parquet rows
-go to one part file per folder in `<out>.parts/` (temp file + rename), merged into `<out>` at the end; parts
-are kept so that a later run over new exams only predicts those. The inventory is built from the progress
-lines (per-exam counts), so it never re-reads the output. Delete `<out>` and `<out>.parts/` to start over.
-
-Privacy: exam ids are salted hashes as in ingest (salt: argument, else env USCLF_PATIENT_SALT, else random per
-run, never written: set one for ids that are stable across runs); paths are relative to the input folder.
+Privacy: exam ids are salted hashes as in ingest (salt argument, else env USCLF_PATIENT_SALT, else random per
+run and never written: set one for ids stable across runs); paths are relative to the input folder.
 """
 from __future__ import annotations
 
@@ -134,15 +130,16 @@ def walk_units(root: Path, exclude: set[Path]) -> list[Unit]:
             rel = d.relative_to(root).as_posix()
             units.append(Unit(rel))
             tops.add(rel.split("/")[0])
+    holders = {q for e in exclude for q in e.parents}     # a folder holding only our output is no exam
     empty = [Unit(n.name + "/", True) for n in sorted(root.iterdir())
-             if n.is_dir() and n.name not in tops and n.resolve() not in exclude]
+             if n.is_dir() and n.name not in tops and n.resolve() not in exclude | holders]
     return units + empty
 
 
 def _unit_files(root: Path, unit: Unit, exclude: set[Path]) -> list[Path]:
-    d = root / unit.name
+    d, names = root / unit.name, {p.name for p in exclude}
     return [d / n for n in sorted(os.listdir(d))
-            if not (d / n).is_dir() and (d / n).resolve() not in exclude]
+            if not (d / n).is_dir() and (n not in names or (d / n).resolve() not in exclude)]
 
 
 def _outcomes(items: Iterator[tuple[Unit, tuple | None]], workers: int) -> Iterator[tuple[Unit, _Outcome | None]]:
@@ -175,27 +172,32 @@ class _Output:
 
     def __init__(self, out: Path, state: Path, fmt: str, columns: list[str], classes: list[str], run: dict):
         self.out, self.state, self.fmt, self.columns, self.classes = out, state, fmt, columns, classes
-        self.log = state / LOG
-        self.entries = self._open(run)
+        self.log, self.new_units = state / LOG, 0
         self._fh = None            # append formats: the output file; parquet: the open part writer
         self._part: Path | None = None
-        self.new_units = 0
+        if fmt == "parquet":
+            import pyarrow as pa
+
+            types = {"exam_id": pa.string(), "path": pa.string(), "frame": pa.int64(), "status": pa.string(),
+                     "reason": pa.string()}
+            self.schema = pa.schema([(c, types.get(c, pa.float64() if c.startswith("p_") else pa.int64()))
+                                     for c in columns])
+        self.entries = self._open(run)
 
     def _open(self, run: dict) -> list[dict]:
-        append = self.fmt != "parquet"
-        if not self.state.is_dir():
-            if self.out.exists():
-                raise UsclfError(f"{self.out} exists but has no resume state ({self.state.name}/): "
-                                 "delete it or choose another --out")
-            self.state.mkdir(parents=True)
-            _atomic_text(self.state / RUN, json.dumps(run, indent=2))
-        else:
-            old = json.loads((self.state / RUN).read_text()) if (self.state / RUN).is_file() else {}
-            for key, what in (("model_sha1", "another model"), ("input", "another input folder"),
-                              ("columns", "other classes")):
-                if old.get(key) != run[key]:
-                    raise UsclfError(f"{self.out.name} was started with {what}: choose another --out, or "
-                                     f"delete {self.out.name} and {self.state.name}/ to start over")
+        if not self.state.is_dir() and self.out.exists():
+            raise UsclfError(f"{self.out} exists but has no resume state ({self.state.name}/): "
+                             "delete it or choose another --out")
+        self.state.mkdir(parents=True, exist_ok=True)
+        old = json.loads((self.state / RUN).read_text()) if (self.state / RUN).is_file() else None
+        if old is None:
+            (self.state / "run.tmp").write_text(json.dumps(run, indent=2))
+            os.replace(self.state / "run.tmp", self.state / RUN)
+        for key, what in (("model_sha1", "another model"), ("input", "another input folder"),
+                          ("columns", "other classes")):
+            if old is not None and old.get(key) != run[key]:
+                raise UsclfError(f"{self.out.name} was started with {what}: choose another --out, or "
+                                 f"delete {self.out.name} and {self.state.name}/ to start over")
         entries, good = [], 0
         if self.log.is_file():
             with open(self.log, "rb") as fh:
@@ -206,17 +208,16 @@ class _Output:
                         break      # a line torn by a kill: that folder is redone
                     good += len(line)
             os.truncate(self.log, good)
-        if append:
-            if entries and not self.out.is_file():
-                raise UsclfError(f"{self.out.name} is missing but {self.state.name}/ records finished "
-                                 f"folders: delete {self.state.name}/ to start over")
-            if self.out.is_file():
-                os.truncate(self.out, entries[-1]["end"] if entries else 0)
-        else:
+        if self.fmt == "parquet":
             keep = {e["part"] for e in entries}
             for p in self.state.glob("*.parquet*"):
                 if p.name not in keep:
                     p.unlink()     # a part or temp file of a folder that never finished
+        elif self.out.is_file():
+            os.truncate(self.out, entries[-1]["end"] if entries else 0)
+        elif entries:
+            raise UsclfError(f"{self.out.name} is missing but {self.state.name}/ records finished "
+                             f"folders: delete {self.state.name}/ to start over")
         return entries
 
     def done(self) -> set[str]:
@@ -229,8 +230,8 @@ class _Output:
 
             if self._fh is None:
                 self._part = self.state / f"{len(self.entries):07d}.parquet"
-                self._fh = pq.ParquetWriter(str(self._part) + ".tmp", self._schema())
-            self._fh.write_table(pa.Table.from_pylist(rows, schema=self._schema()))
+                self._fh = pq.ParquetWriter(str(self._part) + ".tmp", self.schema)
+            self._fh.write_table(pa.Table.from_pylist(rows, schema=self.schema))
             return
         if self._fh is None:
             self._fh = open(self.out, "a", newline="", encoding="utf-8")
@@ -246,12 +247,11 @@ class _Output:
         """Make the folder's rows durable, then record it (a kill in between only redoes this folder)."""
         entry: dict = {"unit": unit, "rows": n_rows, "exams": exams}
         if self.fmt == "parquet":
+            entry["part"] = ""
             if self._fh is not None:
                 self._fh.close()
                 os.replace(str(self._part) + ".tmp", self._part)
                 entry["part"] = self._part.name
-            else:
-                entry["part"] = ""
         else:
             if self._fh is not None:
                 self._fh.flush()
@@ -266,7 +266,7 @@ class _Output:
         self.new_units += 1
 
     def close(self) -> None:
-        if self._fh is not None:   # interrupted mid-folder: leave the temp part / unrecorded rows behind
+        if self._fh is not None:   # interrupted mid-folder: the temp part / unrecorded rows are dropped on resume
             self._fh.close()
             self._fh = None
 
@@ -275,14 +275,11 @@ class _Output:
         if self.fmt == "parquet" and (self.new_units or not self.out.exists()):
             import pyarrow.parquet as pq
 
-            tmp = self.state / "merge.tmp"
-            with pq.ParquetWriter(str(tmp), self._schema()) as w:
-                for e in self.entries:
-                    if e["part"]:
-                        w.write_table(pq.read_table(self.state / e["part"], schema=self._schema()))
-            os.replace(tmp, self.out)
-        inv = inventory(self.entries, self.classes)
-        tmp = self.state / ("exams.tmp" + exams_path.suffix)
+            with pq.ParquetWriter(str(self.state / "merge.tmp"), self.schema) as w:
+                for e in (e for e in self.entries if e["part"]):
+                    w.write_table(pq.read_table(self.state / e["part"], schema=self.schema))
+            os.replace(self.state / "merge.tmp", self.out)
+        inv, tmp = inventory(self.entries, self.classes), self.state / ("exams.tmp" + exams_path.suffix)
         if self.fmt == "csv":
             inv.to_csv(tmp, index=False)
         elif self.fmt == "jsonl":
@@ -290,14 +287,6 @@ class _Output:
         else:
             inv.to_parquet(tmp, index=False)
         os.replace(tmp, exams_path)
-
-    def _schema(self):
-        import pyarrow as pa
-
-        types = {"exam_id": pa.string(), "path": pa.string(), "frame": pa.int64(), "status": pa.string(),
-                 "reason": pa.string()}
-        return pa.schema([(c, types.get(c, pa.float64() if c.startswith("p_") else pa.int64()))
-                          for c in self.columns])
 
 
 def inventory(entries: list[dict], classes: list[str]):
@@ -317,18 +306,9 @@ def inventory(entries: list[dict], classes: list[str]):
     return df.reset_index()
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _file_sha1(path: Path) -> str:
-    h = hashlib.sha1()
     with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha1").hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- predict
@@ -479,17 +459,14 @@ def bench_predict(input_dir: str | Path, work_dir: str | Path, model_path: str |
     Without `model_path`, an untrained ResNet18 multi-label model at `size` px is written to `work_dir`
     (speed does not depend on the weights).
     """
+    from ..data.manifest import DEFAULT_CLASSES
     from ..models.heads import build_classifier
     from ..models.modelfile import save_model_file
 
-    work = Path(work_dir)
-    work.mkdir(parents=True, exist_ok=True)
+    work, c = Path(work_dir), list(DEFAULT_CLASSES)
     if model_path is None:
-        classes = ["liver", "gallbladder", "kidney", "pancreas", "spleen", "bladder", "other"]
-        model_path = work / "bench_model.pt"
-        save_model_file(model_path, build_classifier("resnet18", "multilabel", num_classes=len(classes)),
-                        classes=classes, thresholds=[0.5] * len(classes), matching=[], stage="bench",
-                        preprocess={"ingest": {"size": size}, "input_size": size})
+        model_path = save_model_file(work / "bench_model.pt", build_classifier("resnet18", num_classes=len(c)),
+                                     classes=c, thresholds=[0.5] * len(c), preprocess={"ingest": {"size": size}})
     res = predict(model_path, input_dir, work / f"bench_{time.time_ns()}.csv", batch_size, device,
                   progress=False, salt="bench", workers=workers)
     return {"images": res.n_predicted, "rows": res.n_rows, "seconds": round(res.seconds, 3),

@@ -19,7 +19,8 @@ from ..models.heads import build_classifier
 from ..models.modelfile import save_model_file
 from ..tracking import Tracker
 from ..train.distributed import gather_with_grad, get_dist_info, init_distributed
-from ..train.loop import TrainConfig, Trainer
+from ..train.loop import TrainConfig, Trainer, seed_everything
+from .evaluate import EvaluateConfig, evaluate
 from .common import DataConfig, ModelConfig, open_split, preprocess_meta, rows_in
 
 METHODS = ("pica", "lsd")
@@ -35,6 +36,7 @@ class PretrainConfig:
     min_count: int = 1                   # label sets seen fewer times are not counted in the vocabulary
     train_splits: list[str] = field(default_factory=lambda: ["unlabeled"])  # labels are never read
     out: str = "runs/pretrain"
+    evaluate_after: bool = True          # evaluate on val/test when they exist; metrics land in this run
     experiment: str = "usclf-pretrain"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -91,6 +93,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, tracking_uri: str | None
     sampler = ExamBatchSampler(dataset.exam_ids, cfg.data.exams_per_batch, cfg.data.max_images_per_exam,
                                seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size)
     loader = make_loader(dataset, sampler, cfg.data.workers, pin_memory=True)
+    seed_everything(cfg.train.seed)  # the head's (and a random backbone's) initial weights follow the seed
     model = build_classifier(cfg.model.backbone, "cluster", init=cfg.model.init,
                              imagenet_weights=cfg.model.imagenet_weights, num_clusters=k)
     params = {"stage": "pretrain", "method": cfg.method, "lambda": cfg.lam, "alpha": 1.0 + cfg.epsilon,
@@ -111,4 +114,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, tracking_uri: str | None
             tracker.log_artifact(path, "model")
             print(f"pretrained {cfg.method.upper()} (K={k}) for {result.epochs} epochs / {result.steps} steps "
                   f"on {len(rows)} images -> {path}")
+            splits = set(ds.manifest["split"])
+            if cfg.evaluate_after and {"val", "test"} <= splits:
+                evaluate(EvaluateConfig(model=str(path), out=str(out / "eval"), data=cfg.data,
+                                        device=cfg.train.device), tracker=tracker, progress=cfg.train.progress)
     return path

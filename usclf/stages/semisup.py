@@ -26,7 +26,7 @@ from ..losses.fixmatch import (IGNORE_INDEX, fixmatch_onehead_unlabeled, fixmatc
 from ..losses.supervised import multilabel_bce
 from ..models.heads import build_classifier
 from ..tracking import Tracker
-from ..train.distributed import get_dist_info, init_distributed
+from ..train.distributed import get_dist_info, init_distributed, seed_everything
 from ..train.loop import TrainConfig, Trainer
 from .common import DataConfig, ModelConfig, open_split, rows_in
 from .finetune import ValidationF1, finish, init_kind, labelled_rows, summary
@@ -137,6 +137,7 @@ def semisup(cfg: SemisupConfig, resume: bool = False, tracking_uri: str | None =
     vocab, index = combination_vocabulary(y_lab, cfg.min_count) if cfg.heads == "two" else ([], np.zeros(0))
     sizes = {"num_classes": len(ds.classes)} if cfg.heads == "one" else \
         {"num_combos": len(vocab), "num_classes": len(ds.classes)}
+    seed_everything(cfg.train.seed)  # the new head's (and a random backbone's) init follows the seed
     model = build_classifier(cfg.model.backbone, "multilabel" if cfg.heads == "one" else "twohead",
                              init=cfg.model.init, imagenet_weights=cfg.model.imagenet_weights, **sizes)
     out = Path(cfg.out)

@@ -1,0 +1,95 @@
+"""End-to-end `usclf pretrain` / `usclf evaluate` through the CLI: outputs, MLflow content, kill + --resume."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from usclf.cli import main
+from usclf.models.modelfile import load_model_file
+
+TINY = ["data.exams_per_batch=2", "data.max_images_per_exam=4", "augment.size=32", "train.log_every=1",
+        "train.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pre")
+    raw, ds = root / "raw", root / "ds"
+    assert main(["simulate", "--exams", "16", "--out", str(raw), "--size", "48", "--seed", "5", "--quiet"]) == 0
+    assert main(["ingest", str(raw), "--out", str(ds), "--labels", str(raw / "labels.csv"), "--size", "32",
+                 "--quiet", "split.unlabeled=0.5", "split.train=0.2", "split.val=0.15", "split.test=0.15"]) == 0
+    return ds
+
+
+@pytest.mark.parametrize("method", ["pica", "lsd"])
+def test_pretrain_then_evaluate_cli(dataset, tmp_path, mlflow_uri, method):
+    out = tmp_path / "pre"
+    assert main(["pretrain", "--config", "configs/pretrain_lsd_demo.yaml", "--method", method, "--data",
+                 str(dataset), "--out", str(out), "--quiet", "train.epochs=2", *TINY]) == 0
+    model, meta = load_model_file(out / "model.pt")
+    assert meta["method"] == method and model.head.kind == "cluster"
+    assert meta["num_clusters"] == len(meta["vocab"]) > 1  # K defaults to the label-combination vocabulary
+    assert (out / "eval" / "report.csv").is_file() and (out / "eval" / "gallery" / "gallery.html").is_file()
+
+    client = MlflowClient(mlflow_uri)
+    run = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+           if r.data.tags.get("stage") == "pretrain"][0]
+    p = run.data.params
+    assert p["method"] == method and float(p["lambda"]) == 2.0 and int(p["K"]) == meta["num_clusters"]
+    assert float(p["alpha"]) == pytest.approx(1.01) and p["seed"] == "0" and len(p["data_hash"]) == 12
+    hist = {m.step for m in client.get_metric_history(run.info.run_id, "train/ce")}
+    assert hist == {0, 1}  # one value per epoch
+    assert client.get_metric_history(run.info.run_id, "train/size_entropy")
+    assert client.get_metric_history(run.info.run_id, "train/" + ("ne" if method == "pica" else "sd"))
+    assert "test/nmi" in run.data.metrics and "test/weighted_f1" in run.data.metrics
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model", "evaluation", "config.yaml"} <= arts
+
+    ev = tmp_path / "ev"  # a model saved by pretrain is loaded by `usclf evaluate`
+    assert main(["evaluate", "--model", str(out / "model.pt"), "--data", str(dataset), "--out", str(ev),
+                 "--quiet", "figures=false"]) == 0
+    _, meta2 = load_model_file(ev / "model.pt")
+    assert len(meta2["thresholds"]) == 7 and len(meta2["matching"]) == meta["num_clusters"]
+
+
+def _run(args, env, wait=True):
+    cmd = [sys.executable, "-m", "usclf.cli", *args]
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.slow
+def test_kill_and_resume_gives_same_weights(dataset, tmp_path, mlflow_uri):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri, "OMP_NUM_THREADS": "1"}
+    common = ["pretrain", "--config", "configs/pretrain_lsd_demo.yaml", "--data", str(dataset), "--quiet",
+              "train.epochs=3", "train.ckpt_every=1", "evaluate_after=false", *TINY]
+    ref = tmp_path / "ref"
+    r = _run([*common, "--out", str(ref)], env)
+    assert r.returncode == 0, r.stderr
+
+    out = tmp_path / "killed"
+    proc = _run([*common, "--out", str(out)], env, wait=False)
+    last = out / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while not last.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    time.sleep(0.3)  # a few more steps, so the kill lands mid-epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.pt").exists(), "the run finished before it could be killed"
+    assert last.exists()
+    r = _run([*common, "--out", str(out), "--resume"], env)
+    assert r.returncode == 0, r.stderr
+    a = torch.load(ref / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
