@@ -1,0 +1,91 @@
+"""Tiny-scale study pipelines: one MLflow parent, the expected nested children with their params, files."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from usclf.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "pipelines" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+TINY = ["data.exams_per_batch=2", "data.max_images_per_exam=4", "augment.size=32", "data.batch_size=8"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    raw, ds = root / "raw", root / "ds"
+    assert main(["simulate", "--exams", "14", "--out", str(raw), "--size", "48", "--seed", "2", "--quiet"]) == 0
+    assert main(["ingest", str(raw), "--out", str(ds), "--labels", str(raw / "labels.csv"), "--size", "32",
+                 "--quiet", "split.unlabeled=0.4", "split.train=0.3", "split.val=0.15", "split.test=0.15"]) == 0
+    return ds
+
+
+def _runs(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def test_lambda_sensitivity_structure(dataset, tmp_path, mlflow_uri):
+    mod = _load("lambda_sensitivity")
+    cfg = mod.LambdaStudyConfig(data=str(dataset), out=str(tmp_path / "lam"), lambdas=[0.5, 2.0], seeds=[0],
+                                pretrain_config="configs/pretrain_lsd_demo.yaml",
+                                stage_overrides=["train.epochs=1", *TINY, "evaluate_after=true"])
+    df = mod.run(cfg, mlflow_uri, progress=False)
+    assert len(df) == 4 and set(df["method"]) == {"pica", "lsd"}
+    client, parents, children = _runs(mlflow_uri, "lambda_sensitivity")
+    assert len(parents) == 1 and len(children) == 4
+    assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
+    got = {(c.data.params["method"], float(c.data.params["lambda"]), c.data.params["seed"]) for c in children}
+    assert got == {(m, lam, "0") for m in ("pica", "lsd") for lam in (0.5, 2.0)}
+    arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"results.csv", "summary.csv", "lambda_sensitivity.png"} <= arts
+    assert (tmp_path / "lam" / "lambda_sensitivity.png").stat().st_size > 5000
+    summary = pd.read_csv(tmp_path / "lam" / "summary.csv")
+    assert len(summary) == 4 and {"mean", "ci95_low", "ci95_high"} <= set(summary.columns)
+
+
+def test_label_fraction_study_structure(dataset, tmp_path, mlflow_uri):
+    pre = tmp_path / "lsd"
+    assert main(["pretrain", "--config", "configs/pretrain_lsd_demo.yaml", "--data", str(dataset), "--out",
+                 str(pre), "--quiet", "train.epochs=1", "evaluate_after=false", *TINY]) == 0
+    mod = _load("label_fraction_study")
+    cfg = mod.LabelFractionStudyConfig(
+        data=str(dataset), out=str(tmp_path / "lf"), clustering_model=str(pre / "model.pt"),
+        strategies=["supervised-random", "supervised-dc", "semisup-dc"], fractions=[0.5, 1.0], seeds=[0],
+        finetune_config="configs/finetune_demo.yaml", semisup_config="configs/semisup_demo.yaml",
+        stage_overrides=TINY, finetune_overrides=["train.epochs=1"],
+        semisup_overrides=["train.max_steps=2", "eval_every=1", "mu=2"])
+    df = mod.run(cfg, mlflow_uri, progress=False)
+    assert len(df) == 6
+    client, parents, children = _runs(mlflow_uri, "label_fraction_study")
+    assert len(parents) == 1 and len(children) == 6
+    got = {(c.data.params["method"], c.data.params["init_kind"], float(c.data.params["fraction"]),
+            c.data.params["seed"]) for c in children}
+    expected = {(m, i, f, "0") for m, i in [("supervised", "random"), ("supervised", "checkpoint"),
+                                             ("fixmatch-twohead", "checkpoint")] for f in (0.5, 1.0)}
+    assert got == expected
+    arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"results.csv", "summary.csv", "label_fraction_study.png"} <= arts
+    # re-running the study skips finished cells: no new child runs
+    mod.run(cfg, mlflow_uri, progress=False)
+    _, parents2, children2 = _runs(mlflow_uri, "label_fraction_study")
+    assert len(children2) == 6 and len(parents2) == 2
