@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pandas as pd
-import pytest
 
 from usclf.cli import main
 from usclf.data.manifest import validate_manifest
