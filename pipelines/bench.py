@@ -1,7 +1,10 @@
 """Throughput benchmarks; speed claims in the README and closing notes come from this output.
 
-    python pipelines/bench.py data     # ingest frames/s; loader (sampler + weak/strong transforms) vs
-                                       # ResNet18 two-view training step, at 64 and 128 px
+    python pipelines/bench.py data      # ingest frames/s; loader (sampler + weak/strong transforms) vs
+                                        # ResNet18 two-view training step, at 64 and 128 px
+    python pipelines/bench.py pipeline  # full pretrain step with data vs the raw model step (same batch
+                                        # shape); naive decode-every-step loader vs the memory-mapped cache
+    python pipelines/bench.py predict   # `usclf predict` images/s from files vs the model alone
 Ratios are measured in one run, since these machines are noisy.
 """
 from __future__ import annotations
@@ -96,14 +99,91 @@ def bench_data(args) -> None:
     print("images/s count source images; each yields two augmented views (loader) / two forward passes (step).")
 
 
+def _decode_every_step_rate(raw: Path, size: int, n: int = 200) -> float:
+    """Naive loader: read + clean each file from disk every time it is used (what the cache avoids)."""
+    from usclf.data.preprocess import prepare_frame
+    from usclf.data.readers import Frame, iter_frames
+    from usclf.data.transforms import build_transform
+    files = sorted(raw.rglob("*.png"))[:n]
+    tf = build_transform("weak", AugmentConfig(size=size))
+
+    def one_pass() -> int:
+        k = 0
+        for f in files:
+            for fr in iter_frames(f):
+                if isinstance(fr, Frame):
+                    img, _ = prepare_frame(fr.array, size)
+                    if img is not None:
+                        tf(img, k)
+                        tf(img, k + 1)
+                        k += 1
+        return k
+    items, s = timed(one_pass, 3.0, warmup=0)
+    return items / s
+
+
+def bench_pipeline(args) -> None:
+    from usclf.stages.pretrain import make_step
+    from usclf.losses.pica import pica_loss as loss
+    from usclf.train.loop import TrainConfig, Trainer
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    size = args.size
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        raw = tmp / "raw"
+        simulate(raw, SimulateConfig(exams=args.exams, size=int(size * 1.5), seed=1), progress=False)
+        ingest(raw, tmp / "ds", raw / "labels.csv", IngestConfig(size=size), progress=False)
+        ds = open_dataset(tmp / "ds")
+        data = UltrasoundDataset(ds, None, views=("weak", "weak"), aug=AugmentConfig(size=size))
+        sampler = ExamBatchSampler(data.exam_ids, 4, 16, seed=0)
+        loader = make_loader(data, sampler, args.workers)
+        batch = sum(len(b) for b in sampler) / len(sampler)
+        raw_rate = step_rate(size, int(round(batch)))
+        torch.manual_seed(0)
+        model = build_classifier("resnet18", "cluster", num_clusters=11)
+        cfg = TrainConfig(epochs=2, progress=False, ckpt_every=10**9, deterministic=False)
+        t0 = time.perf_counter()
+        res = Trainer(model, cfg, make_step(lambda x, y: loss(x, y)), tmp / "ck").fit(loader)
+        full = len(data) * res.epochs / (time.perf_counter() - t0)
+        naive = _decode_every_step_rate(raw, size)
+        cache = loader_rate(ds, size, ("weak", "weak"), 4, args.workers)
+    print(f"{size} px, exam batches of ~{batch:.0f} images x 2 views:")
+    print(f"  raw model step (random tensors)        {raw_rate:8.1f} im/s")
+    print(f"  full pretrain step (loader + trainer)  {full:8.1f} im/s  = {full / raw_rate:.2f} of the raw step "
+          f"({'ok' if full / raw_rate >= 0.9 else 'BELOW'} the 0.9 target; includes 2 epoch-end checkpoints)")
+    print(f"  loader from the uint8 cache            {cache:8.1f} im/s")
+    print(f"  naive decode-every-step loader         {naive:8.1f} im/s  (cache is {cache / naive:.1f}x faster)")
+
+
+def bench_predict_cmd(args) -> None:
+    from usclf.stages.predict import bench_predict
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        simulate(tmp / "raw", SimulateConfig(exams=args.exams // 2, size=192, seed=2), progress=False)
+        r = bench_predict(tmp / "raw", tmp, batch_size=args.batch, size=args.size)
+    model = step_rate_infer(args.size, args.batch)
+    print(f"predict from files ({args.size} px, batch {args.batch}): {r['images_per_s']:.1f} im/s over "
+          f"{r['images']} images; model forward alone {model:.1f} im/s -> {r['images_per_s'] / model:.2f} of it")
+
+
+@torch.no_grad()
+def step_rate_infer(size: int, batch: int) -> float:
+    model = build_classifier("resnet18", "multilabel", num_classes=7).eval()
+    x = torch.randn(batch, 1, size, size)
+    n, s = timed(lambda: (model(x), batch)[1], 3.0)
+    return n / s
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["data"], help="which benchmark to run")
+    p.add_argument("what", choices=["data", "pipeline", "predict"], help="which benchmark to run")
+    p.add_argument("--size", type=int, default=64, help="image size for pipeline/predict (default 64)")
     p.add_argument("--exams", type=int, default=40, help="simulated exams for the ingest/loader benchmark")
     p.add_argument("--batch", type=int, default=64, help="images per training step (two views each)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the loader benchmark")
     args = p.parse_args(argv)
-    {"data": bench_data}[args.what](args)
+    {"data": bench_data, "pipeline": bench_pipeline, "predict": bench_predict_cmd}[args.what](args)
     return 0
 
 
