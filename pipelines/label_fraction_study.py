@@ -9,7 +9,6 @@ curve figure; each training run is a nested child with method, init, fraction an
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from usclf.eval.plots import plot_label_fraction_curves  # noqa: E402
 from usclf.models.backbone import find_cached_imagenet  # noqa: E402
 from usclf.stages.finetune import FinetuneConfig, finetune  # noqa: E402
 from usclf.stages.semisup import SemisupConfig, semisup  # noqa: E402
-from usclf.stages.study import read_metrics, run_study  # noqa: E402
+from usclf.stages.study import read_metrics, run_study, study_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STRATEGIES = {  # name -> (stage, init kind)
@@ -54,18 +53,7 @@ def _imagenet_available(backbone: str) -> bool:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="study YAML (see configs/study_label_fraction*.yaml)")
-    p.add_argument("--tracking-uri", help="MLflow URI (default: env MLFLOW_TRACKING_URI or ./mlflow.db)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="study config overrides")
-    args = p.parse_args(argv)
-    try:
-        run(load_config(LabelFractionStudyConfig, args.config, args.overrides), args.tracking_uri, not args.quiet)
-    except UsclfError as e:
-        print(f"label_fraction_study: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return study_main("label_fraction_study", __doc__, LabelFractionStudyConfig, run, argv)
 
 
 def run(cfg: LabelFractionStudyConfig, tracking_uri: str | None = None, progress: bool = True):

@@ -7,7 +7,6 @@ on validation); the matched test weighted F1 is the study's score.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +14,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from usclf.config import load_config, to_dict  # noqa: E402
-from usclf.errors import UsclfError  # noqa: E402
 from usclf.eval.plots import plot_lambda_boxplot  # noqa: E402
 from usclf.stages.pretrain import PretrainConfig, pretrain  # noqa: E402
-from usclf.stages.study import read_metrics, run_study  # noqa: E402
+from usclf.stages.study import read_metrics, run_study, study_main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,18 +53,7 @@ def run(cfg: LambdaStudyConfig, tracking_uri: str | None = None, progress: bool 
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", help="study YAML (see configs/study_lambda*.yaml)")
-    p.add_argument("--tracking-uri", help="MLflow URI (default: env MLFLOW_TRACKING_URI or ./mlflow.db)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="study config overrides")
-    args = p.parse_args(argv)
-    try:
-        run(load_config(LambdaStudyConfig, args.config, args.overrides), args.tracking_uri, not args.quiet)
-    except UsclfError as e:
-        print(f"lambda_sensitivity: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return study_main("lambda_sensitivity", __doc__, LambdaStudyConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@ the figure to the parent. Finished cells are kept in OUT/results.csv, so a re-ru
 """
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 from tqdm import tqdm
 
+from ..config import load_config
+from ..errors import UsclfError
 from ..eval.report import seeds_summary
 from ..tracking import Tracker
 
@@ -61,3 +65,19 @@ def run_study(name: str, out: Path, cells: list[dict], run_cell: Callable[[dict,
         for f in (done_path, out / "summary.csv", fig):
             parent.log_artifact(f)
     return df
+
+
+def study_main(name: str, doc: str, cfg_cls, run: Callable, argv=None) -> int:
+    """Command line of a study pipeline: --config YAML, key=value overrides, one-line errors."""
+    p = argparse.ArgumentParser(prog=name, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="study YAML (see configs/study_*.yaml)")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: env MLFLOW_TRACKING_URI or ./mlflow.db)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="study config overrides")
+    args = p.parse_args(argv)
+    try:
+        run(load_config(cfg_cls, args.config, args.overrides), args.tracking_uri, not args.quiet)
+    except UsclfError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
