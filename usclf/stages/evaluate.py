@@ -100,9 +100,12 @@ def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: boo
                                   matching=V.tolist() if V is not None else [], soft_matching=cfg.soft)
     params = {"stage": "evaluate", "model": str(cfg.model), "head": head, "method": meta.get("method", ""),
               "data_hash": dhash, "n_dev": len(dev), "n_test": len(test), "config": to_dict(cfg)}
-    if tracker is not None:
+    if tracker is not None:  # the training run: it logs the model file itself, so no second 40 MB copy
         tracker.log_metrics(metrics)
-        tracker.log_artifacts(out, "evaluation")
+        for item in sorted(out.iterdir()):
+            if item.name != "model.pt":
+                (tracker.log_artifacts if item.is_dir() else tracker.log_artifact)(item, "evaluation" + (
+                    f"/{item.name}" if item.is_dir() else ""))
     else:
         with Tracker(tracking_uri, cfg.experiment, f"evaluate-{Path(cfg.model).parent.name}", params,
                      {"stage": "evaluate", "method": str(meta.get("method", head))}, parent_run_id) as run:

@@ -111,11 +111,13 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, tracking_uri: str | None
                             data_hash=dhash, steps=result.steps, epochs=result.epochs,
                             thresholds=[], matching=[])
             tracker.log_artifact(out / "config.yaml")
-            tracker.log_artifact(path, "model")
             print(f"pretrained {cfg.method.upper()} (K={k}) for {result.epochs} epochs / {result.steps} steps "
                   f"on {len(rows)} images -> {path}")
             splits = set(ds.manifest["split"])
             if cfg.evaluate_after and {"val", "test"} <= splits:
-                evaluate(EvaluateConfig(model=str(path), out=str(out / "eval"), data=cfg.data,
-                                        device=cfg.train.device), tracker=tracker, progress=cfg.train.progress)
+                ev = evaluate(EvaluateConfig(model=str(path), out=str(out / "eval"), data=cfg.data,
+                                             device=cfg.train.device), tracker=tracker, progress=cfg.train.progress)
+                tracker.log_artifact(ev["model"], "model")  # with its cluster matching + thresholds: predict-ready
+            else:
+                tracker.log_artifact(path, "model")
     return path
