@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     pred = predict(best["model"], out / "new_exams", out / "predictions.csv", progress=progress)
     inv = pd.read_csv(pred.exams)
     print(f"{pred.n_predicted} frames predicted, {pred.n_skipped} files skipped with a reason -> {pred.out}")
-    print(inv[["exam_id", "n_frames", "organs"]].to_string(index=False))
+    print(inv[["exam_id", "n_frames", "organs"]].fillna("-").to_string(index=False))
 
     banner(6, f"report: {best['method']} from LSD at {best['fraction']:g} labels (best on validation)")
     report = pd.read_csv(Path(best["model"]).parent / "eval" / "report.csv", index_col="class")

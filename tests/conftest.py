@@ -30,3 +30,17 @@ def mlflow_uri(_migrated_mlflow_db, tmp_path, monkeypatch) -> str:
     uri = f"sqlite:///{db}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
+
+
+def simulated_dataset(root: Path, exams: int, seed: int, fractions=(0.4, 0.2, 0.2, 0.2), raw_size: int = 48,
+                      size: int = 32) -> Path:
+    """Simulate `exams` exams and ingest + split them through the real CLI; returns the dataset folder."""
+    from usclf.cli import main
+
+    raw, ds = root / "raw", root / "ds"
+    assert main(["simulate", "--exams", str(exams), "--out", str(raw), "--size", str(raw_size), "--seed",
+                 str(seed), "--quiet"]) == 0
+    splits = [f"split.{k}={v}" for k, v in zip(("unlabeled", "train", "val", "test"), fractions)]
+    assert main(["ingest", str(raw), "--out", str(ds), "--labels", str(raw / "labels.csv"), "--size", str(size),
+                 "--quiet", *splits]) == 0
+    return ds

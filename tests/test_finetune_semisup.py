@@ -12,6 +12,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
+from conftest import simulated_dataset
 from usclf.cli import build_parser, main
 from usclf.data.cache import open_dataset
 from usclf.data.dataset import UltrasoundDataset
@@ -38,12 +39,7 @@ SMALL = ["--quiet", "augment.size=32", "data.batch_size=4", "figures=false"]
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     """12 simulated exams, ingested at 32 px and split by patient through the CLI."""
-    root = tmp_path_factory.mktemp("finetune_semisup")
-    raw, ds = root / "raw", root / "ds"
-    assert main(["simulate", "--exams", "12", "--out", str(raw), "--size", "64", "--seed", "1", "--quiet"]) == 0
-    assert main(["ingest", str(raw), "--out", str(ds), "--labels", str(raw / "labels.csv"), "--size", "32",
-                 "--quiet", "split.unlabeled=0.4", "split.train=0.2", "split.val=0.2", "split.test=0.2"]) == 0
-    return ds
+    return simulated_dataset(tmp_path_factory.mktemp("finetune_semisup"), 12, seed=1, raw_size=64)
 
 
 def split_data(ds):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from conftest import simulated_dataset
 from usclf.cli import main
 from usclf.models.modelfile import load_model_file
 
@@ -21,12 +22,7 @@ TINY = ["data.exams_per_batch=2", "data.max_images_per_exam=4", "augment.size=32
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("pre")
-    raw, ds = root / "raw", root / "ds"
-    assert main(["simulate", "--exams", "16", "--out", str(raw), "--size", "48", "--seed", "5", "--quiet"]) == 0
-    assert main(["ingest", str(raw), "--out", str(ds), "--labels", str(raw / "labels.csv"), "--size", "32",
-                 "--quiet", "split.unlabeled=0.5", "split.train=0.2", "split.val=0.15", "split.test=0.15"]) == 0
-    return ds
+    return simulated_dataset(tmp_path_factory.mktemp("pre"), 16, seed=5, fractions=(0.5, 0.2, 0.15, 0.15))
 
 
 @pytest.mark.parametrize("method", ["pica", "lsd"])

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import simulated_dataset
 from usclf.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,12 +28,7 @@ TINY = ["data.exams_per_batch=2", "data.max_images_per_exam=4", "augment.size=32
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("study")
-    raw, ds = root / "raw", root / "ds"
-    assert main(["simulate", "--exams", "14", "--out", str(raw), "--size", "48", "--seed", "2", "--quiet"]) == 0
-    assert main(["ingest", str(raw), "--out", str(ds), "--labels", str(raw / "labels.csv"), "--size", "32",
-                 "--quiet", "split.unlabeled=0.4", "split.train=0.3", "split.val=0.15", "split.test=0.15"]) == 0
-    return ds
+    return simulated_dataset(tmp_path_factory.mktemp("study"), 14, seed=2, fractions=(0.4, 0.3, 0.15, 0.15))
 
 
 def _runs(uri: str, experiment: str):
