@@ -191,3 +191,20 @@ def test_label_free_exam_of_a_labelled_split_patient_is_left_out():
     assert out.attrs["split_summary"]["unused_exams"] == len(free)
     assert out.attrs["split_summary"]["dropped_rows"] == int(df["exam_id"].isin(free).sum())
     check_manifest(out, CLASSES)
+
+
+def test_split_does_not_depend_on_the_hash_salt(tmp_path):
+    """Ids are salted hashes; re-ingesting with another salt must give the same split of the same files."""
+    from usclf.data.ingest import IngestConfig, ingest
+    from usclf.data.simulate import SimulateConfig, simulate
+    from usclf.data.splits import split_dataset
+
+    simulate(tmp_path / "raw", SimulateConfig(exams=10, size=48, seed=4), progress=False)
+    paths = []
+    for salt in ("salt-a", "salt-b"):
+        out = tmp_path / salt
+        ingest(tmp_path / "raw", out, tmp_path / "raw" / "labels.csv", IngestConfig(size=32, salt=salt),
+               progress=False)
+        df = split_dataset(out, SplitConfig(unlabeled=0.4, train=0.2, val=0.2, test=0.2, seed=3))
+        paths.append(df.set_index("path")["split"].sort_index())
+    assert paths[0].equals(paths[1])

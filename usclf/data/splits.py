@@ -99,7 +99,13 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, classes: list[str]) -> pd.
     exam_labelled = pd.Series(row_labelled, index=df.index).groupby(df["exam_id"]).any()
     # The draw unit: patients (all their exams together) or, with by=exam, single exams.
     exam_group = df.groupby("exam_id")["patient_id" if cfg.by == "patient" else "exam_id"].first()
-    exams_of = {p: sorted(g.index) for p, g in exam_group.groupby(exam_group)}
+    # Order exams (and so patients) by their first file path, not by id: ids are salted hashes, and neither a
+    # salt that changes between ingests nor the row order may change which patients land in which split.
+    where = (df["path"].astype(str) + "#" + df["frame"].astype(str)) if {"path", "frame"} <= set(df.columns) \
+        else df["image_id"].astype(str)
+    first = where.groupby(df["exam_id"]).min()
+    exam_group = exam_group.loc[first.sort_values(kind="stable").index]
+    exams_of = {p: list(g.index) for p, g in exam_group.groupby(exam_group, sort=False)}
 
     n_total = len(exam_group)
     names = ("test", "val", "train", "unlabeled")
@@ -112,7 +118,7 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, classes: list[str]) -> pd.
             quota["unlabeled"] = n_total  # everything left over
 
     rng = np.random.default_rng(cfg.seed)
-    patients = sorted(exams_of)
+    patients = list(exams_of)  # ordered by first file path (see above)
     order = [patients[i] for i in rng.permutation(len(patients))]
     lab_exams = {p: [e for e in exams_of[p] if exam_labelled[e]] for p in order}
     need = quota["train"] + quota["val"] + quota["test"]
