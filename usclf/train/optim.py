@@ -1,0 +1,75 @@
+"""Optimiser construction, parameter EMA and device transfer used by the training loop."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UsclfError
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"            # paper Sec. 3.2: Adam
+    lr: float = 1e-4              # paper Sec. 3.2: fixed learning rate 0.0001
+    weight_decay: float = 0.0     # paper: none mentioned
+    momentum: float = 0.9         # SGD only (DeepCluster baseline: 0.9, paper 002)
+
+
+class EMA:
+    """Exponential moving average of parameters; buffers (BatchNorm statistics) are copied."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise UsclfError(f"ema decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        for e, p in zip(self.module.parameters(), model.parameters()):
+            e.mul_(self.decay).add_(p.detach().to(e.dtype), alpha=1.0 - self.decay)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            e.copy_(b)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(sd)
+
+
+def to_device(obj: Any, device: torch.device, channels_last: bool = False) -> Any:
+    """Move tensors in nested dicts/lists/tuples to `device` (4-D float tensors optionally channels_last)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.to(device, non_blocking=True)
+        if channels_last and t.ndim == 4 and t.is_floating_point():
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+    if isinstance(obj, dict):
+        return {k: to_device(v, device, channels_last) for k, v in obj.items()}
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(to_device(v, device, channels_last) for v in obj))
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(v, device, channels_last) for v in obj)
+    return obj
+
+
+def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """Adam / AdamW / SGD from the config."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise UsclfError("no trainable parameters to optimise")
+    name = cfg.name.lower()
+    if name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    raise UsclfError(f"unknown optimizer '{cfg.name}'; valid: adam, adamw, sgd")
