@@ -44,3 +44,11 @@ def simulated_dataset(root: Path, exams: int, seed: int, fractions=(0.4, 0.2, 0.
     assert main(["ingest", str(raw), "--out", str(ds), "--labels", str(raw / "labels.csv"), "--size", str(size),
                  "--quiet", *splits]) == 0
     return ds
+
+
+def shared_data(*parts: str) -> Path:
+    """A file of the public benchmark sets in ../shared/data (beside the repo; /work/shared on dev machines)."""
+    for base in (Path(__file__).resolve().parents[2] / "shared" / "data", Path("/work/shared/data")):
+        if (base.joinpath(*parts)).is_file():
+            return base.joinpath(*parts)
+    return Path("/work/shared/data").joinpath(*parts)

@@ -1,18 +1,18 @@
 """Adapters: class-per-folder trees and .npz arrays -> the usclf dataset folder."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import shared_data
 from usclf.data.adapters import from_class_folders, from_npz
 from usclf.data.manifest import validate_manifest
 from usclf.errors import UsclfError
 
-BREASTMNIST = Path("/work/shared/data/breastmnist/breastmnist.npz")
+BREASTMNIST = shared_data("breastmnist", "breastmnist.npz")
 
 
 def test_class_folders_single_label(tmp_path):

@@ -114,6 +114,24 @@ def _semisup(p):
 
 
 
+def _baseline_help() -> str:
+    from .stages.baselines.config import METHODS  # light module: no torch import for --help
+    return "; ".join(f"{name}: {text}" for name, text in METHODS.items())
+
+
+@command("baseline", "classic clustering baselines (k-means on pixels/PCA/HOG/LBP, AE + k-means, DEC, IDEC, "
+         "IDEC + graph): fit, then the shared matching and evaluation", "usclf.stages.baselines.run:run_baseline")
+def _baseline(p):
+    p.add_argument("--method", help="baseline to run (default dec). " + _baseline_help())
+    p.add_argument("--data", help="dataset folder from `usclf ingest`, or a MedMNIST/USPS/MNIST .npz (key data)")
+    p.add_argument("--out", help="output folder: assignments.csv, metrics.json, report.csv, figures/ (key out)")
+    p.add_argument("--k", type=int, help="number of clusters (default: the number of label combinations)")
+    p.add_argument("--seed", type=int, help="seed for k-means and training (key seed)")
+    p.add_argument("--resume", action="store_true", help="reuse OUT/autoencoder.pt and continue training "
+                   "from the checkpoints in OUT")
+    _common(p)
+
+
 @command("predict", "run a model over exam folders (DICOM/PNG/JPEG): per-image class scores, thresholded labels "
          "and skip reasons, plus a per-exam organ inventory; resumable", "usclf.stages.cli_predict:run_predict")
 def _predict(p):

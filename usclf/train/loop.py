@@ -45,6 +45,7 @@ class TrainConfig:
     amp: bool = True              # DESIGN §8: AMP on CUDA only (bf16 if supported, else fp16 + GradScaler)
     channels_last: bool = True    # DESIGN §8: CUDA only
     ckpt_every: int = 100         # DESIGN §11: checkpoint every N steps (and at each epoch end)
+    ckpt_epochs: int = 1          # epoch-end checkpoint every N epochs (and the last); >1 for tiny epochs
     seed: int = 0
     device: str = "auto"          # auto = cuda:LOCAL_RANK if available, else cpu
     grad_clip: float | None = None
@@ -113,8 +114,8 @@ class Trainer:
             raise UsclfError(f"epochs must be >= 1, got {cfg.epochs}")
         if cfg.max_steps is not None and cfg.max_steps < 1:
             raise UsclfError(f"max_steps must be >= 1, got {cfg.max_steps}")
-        if cfg.ckpt_every < 1 or cfg.log_every < 1:
-            raise UsclfError("ckpt_every and log_every must be >= 1")
+        if cfg.ckpt_every < 1 or cfg.log_every < 1 or cfg.ckpt_epochs < 1:
+            raise UsclfError("ckpt_every, ckpt_epochs and log_every must be >= 1")
         if cfg.mode not in ("max", "min"):
             raise UsclfError(f"mode must be max or min, got '{cfg.mode}'")
         self.model, self.cfg, self.step_fn = model, cfg, step_fn
@@ -348,7 +349,8 @@ class Trainer:
                 raise UsclfError(f"the training loader yielded no batches (epoch {epoch + 1})")
             self._end_epoch(epoch, sums, count)
             epoch += 1
-            self._save_last(epoch, 0, capture_rng(), {}, 0, None)
+            if epoch % cfg.ckpt_epochs == 0 or self._done(epoch):
+                self._save_last(epoch, 0, capture_rng(), {}, 0, None)
         if cfg.restore_best and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         return TrainResult(steps=self.step, epochs=epoch,

@@ -1,0 +1,81 @@
+"""Typed configuration of `usclf baseline`; one section per method family (unused sections are ignored)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# name -> one-line summary; the registry (registry.py) holds exactly these names (a test checks it)
+METHODS = {
+    "kmeans": "k-means on raw pixels",
+    "pca-kmeans": "k-means on the first features.pca_dims principal components",
+    "hog-kmeans": "k-means on HOG features (8x8 cells, 2x2 blocks)",
+    "lbp-kmeans": "k-means on uniform-LBP histograms (16x16 cells, r=1, P=8)",
+    "ae-kmeans": "k-means on the embedding of a pretrained dense autoencoder",
+    "dec": "DEC: KL(P||Q) self-training of the encoder and centres (no decoder)",
+    "idec": "IDEC: DEC + the decoder's reconstruction loss (L_r + dec.gamma * L_c)",
+    "idec-graph": "IDEC + nearest-neighbour graph embedding in pretraining and fine-tuning (paper 000)",
+}
+
+
+@dataclass
+class FeatureConfig:
+    """Fixed features for k-means (paper 001, DESIGN section 4)."""
+    pca_dims: int = 20          # PCA-20
+    hog_cell: int = 8           # HOG 8x8-pixel cells ...
+    hog_block: int = 2          # ... in 2x2-cell blocks
+    lbp_cell: int = 16          # LBP histograms over 16x16-pixel cells
+    lbp_radius: int = 1
+    lbp_points: int = 8
+    n_init: int = 20            # k-means restarts (DEC: n_init = 20)
+
+
+@dataclass
+class AEConfig:
+    """Dense autoencoder pretraining (paper 000 Sec. 4.2-4.3)."""
+    dims: list[int] = field(default_factory=lambda: [500, 500, 1000, 10])  # encoder [a, 500, 500, 1000, 10]
+    epochs: int = 400           # paper 000: 400 pretraining epochs
+    batch_size: int = 256       # paper 000: batch 256
+    lr: float = 3.0e-4          # paper 000: Adam 0.0003 for pretraining
+    weights: str | None = None  # reuse the autoencoder.pt of an earlier run instead of pretraining
+
+
+@dataclass
+class DECConfig:
+    """DEC / IDEC clustering phase (Xie et al. 2016; Guo et al. 2017; paper 000 settings)."""
+    lr: float = 5.0e-4          # paper 000: Adam 0.0005 for fine-tuning
+    batch_size: int = 256       # paper 000: batch 256
+    update_interval: int | None = None  # steps between target refreshes; None = one pass over the data
+                                        # (official DEC/IDEC: 140 on MNIST, 30 on USPS)
+    tol: float = 0.001          # stop when fewer than 0.1 % of the labels change between refreshes
+    max_steps: int = 20000
+    gamma: float = 0.1          # IDEC: L = L_r + gamma * L_c (paper 000 gamma_1 = 0.1, Guo et al.)
+    alpha: float = 1.0          # Student-t degrees of freedom (DEC: 1)
+
+
+@dataclass
+class GraphConfig:
+    """Graph embedding of paper 000 (IDEC + graph)."""
+    k: int = 1                  # Delta(x): the nearest neighbour (Eq. 7)
+    gamma_pretrain: float = 0.001  # Eq. 8: L = L_r + gamma * L_g during pretraining
+    gamma: float = 0.001        # Eq. 9: gamma_2 during fine-tuning (paper: 0.001-0.004)
+
+
+@dataclass
+class BaselineConfig:
+    """One baseline clustering run: fit on `fit_splits`, then the shared matching + evaluation."""
+    method: str = "dec"         # see `usclf baseline --help` for the registry
+    data: str = ""              # dataset folder from `usclf ingest`, or a MedMNIST/USPS/MNIST .npz
+    out: str = "runs/baseline"
+    split_seed: int = 0         # manifest_split_seed<S>.csv when present (npz data keeps its own splits)
+    fit_splits: list[str] = field(default_factory=lambda: ["all"])  # the papers cluster all images together
+    k: int | None = None        # None = number of label combinations (= classes for single-label data)
+    seed: int = 0
+    dev_split: str = "val"      # Algorithm 1 matching + per-class thresholds (when fitted and labelled)
+    test_split: str = "test"
+    device: str = "auto"
+    progress: bool = True
+    figures: bool = True
+    experiment: str = "usclf-baselines"
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    ae: AEConfig = field(default_factory=AEConfig)
+    dec: DECConfig = field(default_factory=DECConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)

@@ -1,0 +1,226 @@
+"""Autoencoder baselines: AE + k-means, DEC, IDEC and IDEC + graph embedding (paper 000; Xie et al. 2016;
+Guo et al. 2017). Pretraining and the clustering phase both run in the shared Trainer."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...errors import UsclfError
+from ...losses.dec import dec_kl, dec_target, student_t_q
+from ...losses.graph import graph_loss, graph_pairs, knn_graph
+from ...train.checkpoint import load_checkpoint, save_checkpoint
+from ...train.loop import OptimConfig, TrainConfig, Trainer
+from .features import kmeans, raw_pixels
+from .registry import Assignment, Baseline, FitContext, check_positive, one_hot, register
+
+
+class DenseAE(nn.Module):
+    """Encoder [a, d1, ..., dL] with ReLU between layers and a mirrored decoder. The embedding and the
+    reconstruction layers are linear, as in the official DEC/IDEC code (paper 000 says ReLU 'for all')."""
+
+    def __init__(self, in_dim: int, dims: list[int]):
+        super().__init__()
+        enc, dec, sizes = [], [], [in_dim, *dims]
+        for i in range(len(dims)):
+            enc += [nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU()]
+        for i in range(len(dims), 0, -1):
+            dec += [nn.Linear(sizes[i], sizes[i - 1]), nn.ReLU()]
+        self.encoder, self.decoder = nn.Sequential(*enc[:-1]), nn.Sequential(*dec[:-1])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(x)
+        return z, self.decoder(z)
+
+
+class DECModel(nn.Module):
+    """Encoder (+ decoder for IDEC) + cluster centres; the target distribution P and the last hard
+    labels are buffers so that a checkpoint resumes with exactly the target it was trained against."""
+
+    def __init__(self, ae: DenseAE, centers: np.ndarray, n: int, alpha: float):
+        super().__init__()
+        self.ae, self.alpha = ae, alpha
+        self.centers = nn.Parameter(torch.as_tensor(centers, dtype=torch.float32))
+        self.register_buffer("target", torch.zeros(n, len(centers)))
+        self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z, xr = self.ae(x)
+        return z, student_t_q(z, self.centers, self.alpha), xr
+
+
+class IndexBatches:
+    """`steps` batches of row indices per epoch, walking seeded permutations of range(n) (a new one per
+    pass), so the order depends only on (seed, epoch): the Trainer's resume re-draws and skips batches."""
+
+    def __init__(self, n: int, batch_size: int, steps: int, seed: int):
+        self.n, self.bs, self.steps, self.seed, self.epoch = n, min(batch_size, n), steps, seed, 0
+        self.batch_sampler = self  # the Trainer looks for set_epoch here
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self):
+        per_pass = math.ceil(self.n / self.bs)
+        start = self.epoch * self.steps
+        for s in range(start, start + self.steps):
+            p, b = divmod(s, per_pass)
+            perm = np.random.default_rng([self.seed, p]).permutation(self.n)
+            yield torch.as_tensor(perm[b * self.bs:(b + 1) * self.bs])
+
+
+@torch.no_grad()
+def _encode_all(model: nn.Module, X: torch.Tensor, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Embeddings (and DEC soft assignments when the model has centres) of every row, in eval mode."""
+    was = model.training
+    model.eval()
+    zs, qs = [], []
+    for i in range(0, len(X), chunk):
+        out = model(X[i:i + chunk])
+        zs.append(out[0])
+        if len(out) == 3:
+            qs.append(out[1])
+    model.train(was)
+    return torch.cat(zs), (torch.cat(qs) if qs else None)
+
+
+def _graph_term(encode, X: torch.Tensor, idx: torch.Tensor, z: torch.Tensor, nbrs) -> torch.Tensor:
+    owner, nb = graph_pairs(idx.cpu().numpy(), nbrs)
+    z_nb = encode(X[torch.as_tensor(nb, device=X.device)])
+    return graph_loss(z, z_nb, torch.as_tensor(owner, device=X.device))
+
+
+class _AutoencoderBaseline(Baseline):
+    uses_graph = False
+
+    def validate(self) -> None:
+        a, d, g = self.cfg.ae, self.cfg.dec, self.cfg.graph
+        if not a.dims or any(v < 1 for v in a.dims):
+            raise UsclfError(f"baseline: ae.dims must be positive layer sizes, got {a.dims}")
+        check_positive(**{"ae.epochs": a.epochs, "ae.batch_size": a.batch_size, "ae.lr": a.lr,
+                          "dec.lr": d.lr, "dec.batch_size": d.batch_size, "dec.max_steps": d.max_steps,
+                          "dec.alpha": d.alpha, "graph.k": g.k})
+        if d.update_interval is not None and d.update_interval < 1:
+            raise UsclfError(f"baseline: dec.update_interval must be >= 1, got {d.update_interval}")
+        if not 0 <= d.tol < 1 or d.gamma < 0 or g.gamma < 0 or g.gamma_pretrain < 0:
+            raise UsclfError("baseline: dec.tol must be in [0, 1); dec.gamma, graph.gamma(_pretrain) >= 0")
+        if self.cfg.ae.weights and not Path(self.cfg.ae.weights).is_file():
+            raise UsclfError(f"baseline: ae.weights file not found: {self.cfg.ae.weights}")
+
+    def _train_cfg(self, ctx: FitContext, lr: float, epochs: int, steps_per_epoch: int) -> TrainConfig:
+        # epochs here are a few steps long: checkpoint about every 100 steps, not at every epoch end
+        # (one save per 4-step BreastMNIST epoch was a quarter of the pretraining time)
+        return TrainConfig(epochs=epochs, optim=OptimConfig(name="adam", lr=lr), seed=ctx.seed,
+                           device=str(ctx.device), ckpt_every=10**9, ckpt_epochs=max(1, 100 // steps_per_epoch),
+                           progress=ctx.progress, log_every=50, restore_best=False)
+
+    def pretrain(self, X: torch.Tensor, ctx: FitContext, nbrs) -> DenseAE:
+        """The autoencoder (loaded from ae.weights or ctx.out/autoencoder.pt when present, else trained)."""
+        a, gamma = self.cfg.ae, self.cfg.graph.gamma_pretrain if self.uses_graph else 0.0
+        torch.manual_seed(ctx.seed)
+        ae = DenseAE(X.shape[1], list(a.dims))
+        saved = Path(a.weights) if a.weights else ctx.out / "autoencoder.pt"
+        if saved.is_file() and (a.weights or ctx.resume):
+            ck = load_checkpoint(saved)
+            if ck.get("in_dim") != X.shape[1] or ck.get("dims") != list(a.dims):
+                raise UsclfError(f"{saved}: autoencoder {ck.get('in_dim')}x{ck.get('dims')} does not fit "
+                                 f"{X.shape[1]}-pixel images with ae.dims {list(a.dims)}")
+            ae.load_state_dict(ck["model"])
+            return ae.to(X.device)
+
+        def step(net, idx, _):
+            x = X[idx]
+            z, xr = net(x)
+            rec = nn.functional.mse_loss(xr, x)
+            if not gamma:
+                return rec, {"rec": rec}
+            g = _graph_term(lambda v: net(v)[0], X, idx, z, nbrs)
+            return rec + gamma * g, {"rec": rec, "graph": g}
+
+        steps = math.ceil(len(X) / min(a.batch_size, len(X)))
+        Trainer(ae, self._train_cfg(ctx, a.lr, a.epochs, steps), step, ctx.out / "ae_checkpoints", ctx.tracker).fit(
+            IndexBatches(len(X), a.batch_size, steps, ctx.seed), resume=ctx.resume)
+        save_checkpoint(saved, {"model": ae.state_dict(), "in_dim": X.shape[1], "dims": list(a.dims),
+                                "graph_gamma": gamma})
+        return ae
+
+    def fit(self, images: np.ndarray, ctx: FitContext) -> Assignment:
+        X = torch.as_tensor(raw_pixels(images), device=ctx.device)
+        nbrs = knn_graph(X.cpu().numpy(), self.cfg.graph.k) if self.uses_graph else None
+        ae = self.pretrain(X, ctx, nbrs)
+        z, _ = _encode_all(ae, X)
+        labels, centers = kmeans(z.cpu().numpy(), ctx.k, ctx.seed, self.cfg.features.n_init)
+        return self.cluster(ae, X, labels, centers, ctx, nbrs)
+
+    def cluster(self, ae, X, labels, centers, ctx, nbrs) -> Assignment:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+@register
+class AEKMeans(_AutoencoderBaseline):
+    name = "ae-kmeans"
+
+    def cluster(self, ae, X, labels, centers, ctx, nbrs) -> Assignment:
+        z, _ = _encode_all(ae, X)
+        return Assignment(one_hot(labels, ctx.k), z.cpu().numpy(), {})
+
+
+@register
+class DEC(_AutoencoderBaseline):
+    name = "dec"
+    reconstruct = False
+
+    def cluster(self, ae, X, labels, centers, ctx, nbrs) -> Assignment:
+        d, n = self.cfg.dec, len(X)
+        model = DECModel(ae, centers, n, d.alpha).to(X.device)
+        model.labels.copy_(torch.as_tensor(labels, device=X.device))
+        model.target.copy_(dec_target(_encode_all(model, X)[1]))
+        gamma, g2 = (d.gamma if self.reconstruct else 1.0), (self.cfg.graph.gamma if self.uses_graph else 0.0)
+
+        def step(net, idx, _):
+            x = X[idx]
+            z, q, xr = net(x)
+            kl = dec_kl(model.target[idx], q)
+            loss, parts = gamma * kl, {"kl": kl}
+            if self.reconstruct:   # IDEC (Eq. 9): L_r + gamma_1 L_c
+                parts["rec"] = nn.functional.mse_loss(xr, x)
+                loss = loss + parts["rec"]
+            if g2:
+                parts["graph"] = _graph_term(lambda v: net(v)[0], X, idx, z, nbrs)
+                loss = loss + g2 * parts["graph"]
+            return loss, parts
+
+        def refresh(epoch, m):
+            """Every update_interval steps: new target P, stop when < tol of the labels changed."""
+            q = _encode_all(m, X)[1]
+            new = q.argmax(1)
+            changed = float((new != m.labels).float().mean())
+            m.labels.copy_(new)
+            m.target.copy_(dec_target(q))
+            return {"delta_label": changed, "stop": changed < d.tol}
+
+        interval = d.update_interval or math.ceil(n / min(d.batch_size, n))
+        cfg = self._train_cfg(ctx, d.lr, math.ceil(d.max_steps / interval), interval)
+        res = Trainer(model, cfg, step, ctx.out / f"{self.name}_checkpoints", ctx.tracker, on_epoch_end=refresh
+                      ).fit(IndexBatches(n, d.batch_size, interval, ctx.seed + 1), resume=ctx.resume)
+        z, q = _encode_all(model, X)
+        return Assignment(q.cpu().numpy(), z.cpu().numpy(),
+                          {"steps": res.steps, "converged": float(res.stopped_early)})
+
+
+@register
+class IDEC(DEC):
+    name = "idec"
+    reconstruct = True
+
+
+@register
+class IDECGraph(IDEC):
+    name = "idec-graph"
+    uses_graph = True
