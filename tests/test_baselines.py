@@ -43,7 +43,7 @@ def blobs_npz(path, per_class=40, seed=0):
 def test_registry_holds_exactly_the_documented_methods():
     get_baseline(BaselineConfig(method="kmeans"))       # imports every method module
     assert set(BASELINES) == set(METHODS)
-    with pytest.raises(UsclfError, match="unknown baseline 'deep-magic'; valid: ae-kmeans, dec"):
+    with pytest.raises(UsclfError, match="unknown baseline 'deep-magic'; valid: ae-kmeans, cae-kmeans, cdec, cidec, dec"):
         get_baseline(BaselineConfig(method="deep-magic"))
     with pytest.raises(UsclfError, match="ae.epochs must be > 0"):
         get_baseline(BaselineConfig(method="idec", ae=AEConfig(epochs=0)))
@@ -122,15 +122,30 @@ def test_cli_on_ultrasound_dataset_and_resume(tmp_path, mlflow_uri):
     pd.testing.assert_frame_equal(pd.read_csv(out / "assignments.csv"), a)
 
 
+def test_convolutional_baselines_on_ultrasound_dataset(tmp_path, mlflow_uri):
+    ds = simulated_dataset(tmp_path, exams=8, seed=2, fractions=(0.0, 0.5, 0.25, 0.25), size=32)
+    small = ["cae.filters=[8,8,8]", "cae.code=8", "cae.epochs=3", "cae.batch_size=32", "dec.max_steps=6"]
+    assert _cli(tmp_path, "cae-kmeans", ds, *small) == 0
+    cae = f"cae.weights={tmp_path / 'cae-kmeans' / 'autoencoder.pt'}"
+    for m in ("cdec", "cidec"):
+        assert _cli(tmp_path, m, ds, *small, cae) == 0
+        met = json.loads((tmp_path / m / "metrics.json").read_text())
+        assert 1 <= met["fit/steps"] <= 6 and 0.0 <= met["all/nmi"] <= 1.0
+    # a dense autoencoder file does not fit the convolutional one: one-line error, no traceback
+    assert _cli(tmp_path, "ae-kmeans", ds, "ae.epochs=1") == 0
+    assert _cli(tmp_path / "x", "cdec", ds, *small, f"cae.weights={tmp_path / 'ae-kmeans' / 'autoencoder.pt'}") == 2
+
+
 @pytest.mark.parametrize("args, msg", [
     (["--data", "nope.npz"], "data not found"),
     (["k=1"], "k must be >= 2"),
     (["ae.dims=[64,0]"], "ae.dims must be positive"),
     (["fit_splits=[nosuch]"], "no images in split"),
+    (["--method", "cdec"], "need image sides that are multiples of 32"),
 ])
 def test_bad_input_is_one_line_error(tmp_path, capsys, args, msg):
     npz = blobs_npz(tmp_path / "blobs.npz", per_class=5)
-    argv = ["baseline", "--method", "idec", "--out", str(tmp_path / "o"), "--quiet"]
+    argv = ["baseline", "--out", str(tmp_path / "o"), "--quiet"] + ([] if "--method" in args else ["--method", "idec"])
     if "--data" not in args:
         argv += ["--data", str(npz)]
     assert main(argv + args) == 2

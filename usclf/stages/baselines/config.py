@@ -13,6 +13,9 @@ METHODS = {
     "dec": "DEC: KL(P||Q) self-training of the encoder and centres (no decoder)",
     "idec": "IDEC: DEC + the decoder's reconstruction loss (L_r + dec.gamma * L_c)",
     "idec-graph": "IDEC + nearest-neighbour graph embedding in pretraining and fine-tuning (paper 000)",
+    "cae-kmeans": "k-means on the code of a pretrained convolutional autoencoder (paper 001)",
+    "cdec": "CDEC: DEC on the convolutional autoencoder (paper 001)",
+    "cidec": "CIDEC: IDEC on the convolutional autoencoder (paper 001)",
 }
 
 
@@ -39,13 +42,25 @@ class AEConfig:
 
 
 @dataclass
+class ConvAEConfig:
+    """Convolutional autoencoder of CDEC / CIDEC (paper 001 Sec. II-D; it used K = 25 on its PACS data)."""
+    filters: list[int] = field(default_factory=lambda: [32, 32, 64, 64, 64])  # 5 conv + 2x2 max-pool blocks
+    code: int = 100             # dense code between encoder and decoder
+    epochs: int = 100           # paper 001 gives no count (trained to a maximum or a 0.1 % loss change)
+    batch_size: int = 50        # paper 001: mini-batch 50
+    lr: float = 1.0e-3          # paper 001: Adam 0.001, MSE
+    weights: str | None = None  # reuse the autoencoder.pt of an earlier run instead of pretraining
+
+
+@dataclass
 class DECConfig:
     """DEC / IDEC clustering phase (Xie et al. 2016; Guo et al. 2017; paper 000 settings)."""
     lr: float = 5.0e-4          # paper 000: Adam 0.0005 for fine-tuning
     batch_size: int = 256       # paper 000: batch 256
     update_interval: int | None = None  # steps between target refreshes; None = one pass over the data
                                         # (official DEC/IDEC: 140 on MNIST, 30 on USPS)
-    tol: float = 0.001          # stop when fewer than 0.1 % of the labels change between refreshes
+    tol: float = 0.001          # stop when fewer than 0.1 % of the labels change between refreshes (DEC, and
+                                # the official DCEC code; paper 001 states a 0.1 % loss change instead)
     max_steps: int = 20000
     gamma: float = 0.1          # IDEC: L = L_r + gamma * L_c (paper 000 gamma_1 = 0.1, Guo et al.)
     alpha: float = 1.0          # Student-t degrees of freedom (DEC: 1)
@@ -77,5 +92,6 @@ class BaselineConfig:
     experiment: str = "usclf-baselines"
     features: FeatureConfig = field(default_factory=FeatureConfig)
     ae: AEConfig = field(default_factory=AEConfig)
+    cae: ConvAEConfig = field(default_factory=ConvAEConfig)
     dec: DECConfig = field(default_factory=DECConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)

@@ -1,5 +1,6 @@
-"""Autoencoder baselines: AE + k-means, DEC, IDEC and IDEC + graph embedding (paper 000; Xie et al. 2016;
-Guo et al. 2017). Pretraining and the clustering phase both run in the shared Trainer."""
+"""Autoencoder baselines: AE + k-means, DEC, IDEC, IDEC + graph embedding (paper 000; Xie et al. 2016;
+Guo et al. 2017) and their convolutional twins CAE + k-means, CDEC, CIDEC (paper 001). Pretraining and the
+clustering phase both run in the shared Trainer."""
 from __future__ import annotations
 
 import math
@@ -14,33 +15,16 @@ from ...losses.dec import dec_kl, dec_target, student_t_q
 from ...losses.graph import graph_loss, graph_pairs, knn_graph
 from ...train.checkpoint import load_checkpoint, save_checkpoint
 from ...train.loop import OptimConfig, TrainConfig, Trainer
+from .autoencoders import ConvAE, DenseAE
 from .features import kmeans, raw_pixels
 from .registry import Assignment, Baseline, FitContext, check_positive, one_hot, register
-
-
-class DenseAE(nn.Module):
-    """Encoder [a, d1, ..., dL] with ReLU between layers and a mirrored decoder. The embedding and the
-    reconstruction layers are linear, as in the official DEC/IDEC code (paper 000 says ReLU 'for all')."""
-
-    def __init__(self, in_dim: int, dims: list[int]):
-        super().__init__()
-        enc, dec, sizes = [], [], [in_dim, *dims]
-        for i in range(len(dims)):
-            enc += [nn.Linear(sizes[i], sizes[i + 1]), nn.ReLU()]
-        for i in range(len(dims), 0, -1):
-            dec += [nn.Linear(sizes[i], sizes[i - 1]), nn.ReLU()]
-        self.encoder, self.decoder = nn.Sequential(*enc[:-1]), nn.Sequential(*dec[:-1])
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.encoder(x)
-        return z, self.decoder(z)
 
 
 class DECModel(nn.Module):
     """Encoder (+ decoder for IDEC) + cluster centres; the target distribution P and the last hard
     labels are buffers so that a checkpoint resumes with exactly the target it was trained against."""
 
-    def __init__(self, ae: DenseAE, centers: np.ndarray, n: int, alpha: float):
+    def __init__(self, ae: nn.Module, centers: np.ndarray, n: int, alpha: float):
         super().__init__()
         self.ae, self.alpha = ae, alpha
         self.centers = nn.Parameter(torch.as_tensor(centers, dtype=torch.float32))
@@ -99,19 +83,27 @@ def _graph_term(encode, X: torch.Tensor, idx: torch.Tensor, z: torch.Tensor, nbr
 class _AutoencoderBaseline(Baseline):
     uses_graph = False
 
+    conv = False
+
+    @property
+    def section(self) -> str:
+        return "cae" if self.conv else "ae"
+
     def validate(self) -> None:
-        a, d, g = self.cfg.ae, self.cfg.dec, self.cfg.graph
-        if not a.dims or any(v < 1 for v in a.dims):
-            raise UsclfError(f"baseline: ae.dims must be positive layer sizes, got {a.dims}")
-        check_positive(**{"ae.epochs": a.epochs, "ae.batch_size": a.batch_size, "ae.lr": a.lr,
+        a, d, g, sec = getattr(self.cfg, self.section), self.cfg.dec, self.cfg.graph, self.section
+        layers = a.filters + [a.code] if self.conv else a.dims
+        if not layers or any(v < 1 for v in layers):
+            raise UsclfError(f"baseline: {sec}.{'filters/code' if self.conv else 'dims'} must be positive "
+                             f"layer sizes, got {layers}")
+        check_positive(**{f"{sec}.epochs": a.epochs, f"{sec}.batch_size": a.batch_size, f"{sec}.lr": a.lr,
                           "dec.lr": d.lr, "dec.batch_size": d.batch_size, "dec.max_steps": d.max_steps,
                           "dec.alpha": d.alpha, "graph.k": g.k})
         if d.update_interval is not None and d.update_interval < 1:
             raise UsclfError(f"baseline: dec.update_interval must be >= 1, got {d.update_interval}")
         if not 0 <= d.tol < 1 or d.gamma < 0 or g.gamma < 0 or g.gamma_pretrain < 0:
             raise UsclfError("baseline: dec.tol must be in [0, 1); dec.gamma, graph.gamma(_pretrain) >= 0")
-        if self.cfg.ae.weights and not Path(self.cfg.ae.weights).is_file():
-            raise UsclfError(f"baseline: ae.weights file not found: {self.cfg.ae.weights}")
+        if a.weights and not Path(a.weights).is_file():
+            raise UsclfError(f"baseline: {sec}.weights file not found: {a.weights}")
 
     def _train_cfg(self, ctx: FitContext, lr: float, epochs: int, steps_per_epoch: int) -> TrainConfig:
         # epochs here are a few steps long: checkpoint about every 100 steps, not at every epoch end
@@ -120,17 +112,30 @@ class _AutoencoderBaseline(Baseline):
                            device=str(ctx.device), ckpt_every=10**9, ckpt_epochs=max(1, 100 // steps_per_epoch),
                            progress=ctx.progress, log_every=50, restore_best=False)
 
-    def pretrain(self, X: torch.Tensor, ctx: FitContext, nbrs) -> DenseAE:
-        """The autoencoder (loaded from ae.weights or ctx.out/autoencoder.pt when present, else trained)."""
-        a, gamma = self.cfg.ae, self.cfg.graph.gamma_pretrain if self.uses_graph else 0.0
+    def _inputs(self, images: np.ndarray, device) -> torch.Tensor:
+        """Pixels in [0, 1]: N x HW for the dense AE, N x 1 x H x W for the convolutional one."""
+        X = torch.as_tensor(raw_pixels(images), device=device)
+        return X.view(len(images), 1, *images.shape[1:]) if self.conv else X
+
+    def _build(self, X: torch.Tensor) -> tuple[nn.Module, dict]:
+        a = getattr(self.cfg, self.section)
+        if self.conv:
+            arch = {"kind": "conv", "size": list(X.shape[2:]), "filters": list(a.filters), "code": a.code}
+            return ConvAE(tuple(X.shape[2:]), list(a.filters), a.code), arch
+        arch = {"kind": "dense", "in_dim": X.shape[1], "dims": list(a.dims)}
+        return DenseAE(X.shape[1], list(a.dims)), arch
+
+    def pretrain(self, X: torch.Tensor, ctx: FitContext, nbrs) -> nn.Module:
+        """The autoencoder (loaded from <section>.weights or ctx.out/autoencoder.pt when present, else trained)."""
+        a, gamma = getattr(self.cfg, self.section), self.cfg.graph.gamma_pretrain if self.uses_graph else 0.0
         torch.manual_seed(ctx.seed)
-        ae = DenseAE(X.shape[1], list(a.dims))
+        ae, arch = self._build(X)
         saved = Path(a.weights) if a.weights else ctx.out / "autoencoder.pt"
         if saved.is_file() and (a.weights or ctx.resume):
             ck = load_checkpoint(saved)
-            if ck.get("in_dim") != X.shape[1] or ck.get("dims") != list(a.dims):
-                raise UsclfError(f"{saved}: autoencoder {ck.get('in_dim')}x{ck.get('dims')} does not fit "
-                                 f"{X.shape[1]}-pixel images with ae.dims {list(a.dims)}")
+            if ck.get("arch") != arch:
+                raise UsclfError(f"{saved}: autoencoder {ck.get('arch')} does not fit these images and "
+                                 f"settings ({arch})")
             ae.load_state_dict(ck["model"])
             return ae.to(X.device)
 
@@ -146,12 +151,11 @@ class _AutoencoderBaseline(Baseline):
         steps = math.ceil(len(X) / min(a.batch_size, len(X)))
         Trainer(ae, self._train_cfg(ctx, a.lr, a.epochs, steps), step, ctx.out / "ae_checkpoints", ctx.tracker).fit(
             IndexBatches(len(X), a.batch_size, steps, ctx.seed), resume=ctx.resume)
-        save_checkpoint(saved, {"model": ae.state_dict(), "in_dim": X.shape[1], "dims": list(a.dims),
-                                "graph_gamma": gamma})
+        save_checkpoint(saved, {"model": ae.state_dict(), "arch": arch, "graph_gamma": gamma})
         return ae
 
     def fit(self, images: np.ndarray, ctx: FitContext) -> Assignment:
-        X = torch.as_tensor(raw_pixels(images), device=ctx.device)
+        X = self._inputs(images, ctx.device)
         nbrs = knn_graph(X.cpu().numpy(), self.cfg.graph.k) if self.uses_graph else None
         ae = self.pretrain(X, ctx, nbrs)
         z, _ = _encode_all(ae, X)
@@ -224,3 +228,18 @@ class IDEC(DEC):
 class IDECGraph(IDEC):
     name = "idec-graph"
     uses_graph = True
+
+
+@register
+class CAEKMeans(AEKMeans):
+    name, conv = "cae-kmeans", True
+
+
+@register
+class CDEC(DEC):
+    name, conv = "cdec", True
+
+
+@register
+class CIDEC(IDEC):
+    name, conv = "cidec", True

@@ -37,8 +37,9 @@ def open_baseline_data(cfg: BaselineConfig) -> tuple[CachedDataset, str]:
         raise UsclfError(f"data not found: '{cfg.data}' (a `usclf ingest` folder or a MedMNIST/USPS/MNIST .npz)")
     if src.suffix == ".npz":
         root = Path(cfg.out) / "dataset"
-        if not (root / "dataset.json").is_file():
-            from_npz(src, root)
+        meta = root / "dataset.json"
+        if not meta.is_file() or json.loads(meta.read_text()).get("source") != src.name:
+            from_npz(src, root)   # adapted once per OUT; another .npz in the same OUT is adapted again
         src = root
     split = src / f"manifest_split_seed{cfg.split_seed}.csv"
     manifest = split if split.is_file() else None
