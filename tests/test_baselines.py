@@ -17,6 +17,7 @@ from usclf.stages.baselines.registry import BASELINES, get_baseline
 from usclf.stages.baselines.run import baseline
 
 BREASTMNIST = shared_data("breastmnist", "breastmnist.npz")
+USPS = shared_data("usps", "usps.npz")
 TINY_AE = ["ae.dims=[64,16,4]", "ae.epochs=30", "ae.batch_size=64", "dec.batch_size=64", "dec.max_steps=200",
            "figures=false", "progress=false"]
 
@@ -56,6 +57,15 @@ def test_kmeans_on_breastmnist_matches_paper_000(tmp_path, mlflow_uri):
     # paper 000 Table 2: k-means ACC 55.00 % on all 780 images (K = 2)
     assert r["metrics"]["all/acc"] == pytest.approx(0.55, abs=0.01)
     assert r["report"] is not None and len(r["rows"]) == 780
+
+
+@pytest.mark.skipif(not USPS.is_file(), reason=f"{USPS} not present")
+def test_kmeans_on_usps_matches_paper_004(tmp_path):
+    r = baseline(BaselineConfig(method="kmeans", data=str(USPS), out=str(tmp_path / "km"), figures=False,
+                                progress=False), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    # paper 004 Table 3: k-means ACC 0.668 on all 9298 USPS images (K = 10); float [0, 1] pixels in the npz
+    assert r["metrics"]["all/acc"] == pytest.approx(0.668, abs=0.01)
+    assert len(r["rows"]) == 9298 and r["report"] is None   # USPS has no validation split: no matched report
 
 
 @pytest.mark.parametrize("method", ["kmeans", "pca-kmeans", "hog-kmeans", "lbp-kmeans"])
