@@ -22,6 +22,14 @@ def _migrated_mlflow_db(tmp_path_factory) -> Path:
     return db
 
 
+@pytest.fixture(autouse=True)
+def _tracking_outside_the_repo(tmp_path_factory, monkeypatch) -> None:
+    """A test that forgets `mlflow_uri` must not write ./mlflow.db into the checkout (a fresh clone has none,
+    so MLflow's first-use INFO lines would then appear only on CI); it gets a shared sandbox DB instead."""
+    if "MLFLOW_TRACKING_URI" not in os.environ or os.environ["MLFLOW_TRACKING_URI"].endswith("/stray.db"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.getbasetemp() / 'stray.db'}")
+
+
 @pytest.fixture
 def mlflow_uri(_migrated_mlflow_db, tmp_path, monkeypatch) -> str:
     """A fresh, already-migrated sqlite tracking URI in this test's tmp dir (artifacts in tmp/mlruns)."""

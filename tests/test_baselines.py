@@ -44,7 +44,7 @@ def blobs_npz(path, per_class=40, seed=0):
 def test_registry_holds_exactly_the_documented_methods():
     get_baseline(BaselineConfig(method="kmeans"))       # imports every method module
     assert set(BASELINES) == set(METHODS)
-    with pytest.raises(UsclfError, match="unknown baseline 'deep-magic'; valid: ae-kmeans, cae-kmeans, cdec, cidec, dec"):
+    with pytest.raises(UsclfError, match="unknown baseline 'deep-magic'; valid: ae-kmeans, cae-kmeans, cdec, cidec, dec, deepcluster"):
         get_baseline(BaselineConfig(method="deep-magic"))
     with pytest.raises(UsclfError, match="ae.epochs must be > 0"):
         get_baseline(BaselineConfig(method="idec", ae=AEConfig(epochs=0)))
@@ -152,8 +152,9 @@ def test_convolutional_baselines_on_ultrasound_dataset(tmp_path, mlflow_uri):
     (["ae.dims=[64,0]"], "ae.dims must be positive"),
     (["fit_splits=[nosuch]"], "no images in split"),
     (["--method", "cdec"], "need image sides that are multiples of 32"),
+    (["--method", "deepcluster"], "clusters for only 15 images"),
 ])
-def test_bad_input_is_one_line_error(tmp_path, capsys, args, msg):
+def test_bad_input_is_one_line_error(tmp_path, capsys, mlflow_uri, args, msg):
     npz = blobs_npz(tmp_path / "blobs.npz", per_class=5)
     argv = ["baseline", "--out", str(tmp_path / "o"), "--quiet"] + ([] if "--method" in args else ["--method", "idec"])
     if "--data" not in args:
@@ -161,6 +162,7 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, args, msg):
     assert main(argv + args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0], err
+    assert not (tmp_path / "o" / "assignments.csv").exists()
 
 
 def test_config_file_states_the_defaults():
@@ -192,3 +194,40 @@ def test_breastmnist_check_pipeline_structure(tmp_path, mlflow_uri):
     children = client.search_runs([client.get_experiment_by_name("usclf-baseline-check").experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent[0].info.run_id}'")
     assert sorted(r.data.params["method"] for r in children) == ["ae-kmeans", "dec", "kmeans"]
+
+
+def test_uniform_pseudo_label_batches_balance_classes_and_replay():
+    import torch
+
+    from usclf.stages.baselines.deepcluster import UniformPseudoLabelBatches
+    pseudo = torch.tensor([0] * 90 + [1] * 10)
+    s = UniformPseudoLabelBatches(pseudo, batch_size=32, seed=3)
+    s.set_epoch(0)
+    first = [b for b in s]
+    pos = np.array([p for b in first for p, _ in b])
+    assert len(pos) == 100 and len(first) == len(s) == 4
+    # DeepCluster's uniform sampling: the 10-image class gets about half the draws, not a tenth
+    assert 40 <= (pseudo.numpy()[pos] == 1).sum() <= 51
+    assert [b for b in s] == first                      # same epoch, same batches (resume)
+    s.set_epoch(1)
+    assert [b for b in s] != first
+
+
+def test_deepcluster_end_to_end_and_resume(tmp_path, mlflow_uri):
+    ds = simulated_dataset(tmp_path, exams=8, seed=2, fractions=(0.0, 0.5, 0.25, 0.25), size=32)
+    opts = ["deepcluster.size=32", "deepcluster.epochs=2", "deepcluster.batch_size=32",
+            "deepcluster.over_cluster=2", "figures=false"]
+    assert main(["baseline", "--method", "deepcluster", "--data", str(ds), "--out", str(tmp_path / "dc"), "--quiet",
+                 *opts]) == 0
+    met = json.loads((tmp_path / "dc" / "metrics.json").read_text())
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs([client.get_experiment_by_name("usclf-baselines").experiment_id])[0]
+    k = int(run.data.params["K"])
+    assert met["fit/clusters"] == 2 * k                   # over-clustering: 2 x K pseudo-classes
+    assert "nmi_prev" in run.data.metrics and "train/ce" in run.data.metrics
+    a = pd.read_csv(tmp_path / "dc" / "assignments.csv")
+    assert a["cluster"].max() < 2 * k and len(a) == len(pd.read_csv(ds / "manifest_split_seed0.csv"))
+    # a finished run resumed gives the same assignments
+    assert main(["baseline", "--method", "deepcluster", "--data", str(ds), "--out", str(tmp_path / "dc"), "--quiet",
+                 "--resume", *opts]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "dc" / "assignments.csv"), a)

@@ -16,6 +16,7 @@ METHODS = {
     "cae-kmeans": "k-means on the code of a pretrained convolutional autoencoder (paper 001)",
     "cdec": "CDEC: DEC on the convolutional autoencoder (paper 001)",
     "cidec": "CIDEC: IDEC on the convolutional autoencoder (paper 001)",
+    "deepcluster": "DeepCluster/DeepMCAT: k-means pseudo-labels on the CNN's features each epoch (paper 002)",
 }
 
 
@@ -75,6 +76,19 @@ class GraphConfig:
 
 
 @dataclass
+class DeepClusterConfig:
+    """DeepCluster as adapted by DeepMCAT (paper 002 Sec. 2-3)."""
+    backbone: str = "resnet18"  # usclf's backbone (paper 002: VGG16-BN; any timm name works)
+    size: int = 64              # network input size in pixels (images are resized / augmented to it)
+    epochs: int = 200           # paper 002: 200 epochs, last model kept
+    batch_size: int = 256       # paper 002
+    lr: float = 0.05            # paper 002: SGD 0.05, momentum 0.9, weight decay 1e-5
+    momentum: float = 0.9
+    weight_decay: float = 1.0e-5
+    over_cluster: int = 8       # paper 002: 8x as many clusters as classes
+
+
+@dataclass
 class BaselineConfig:
     """One baseline clustering run: fit on `fit_splits`, then the shared matching + evaluation."""
     method: str = "dec"         # see `usclf baseline --help` for the registry
@@ -95,3 +109,4 @@ class BaselineConfig:
     cae: ConvAEConfig = field(default_factory=ConvAEConfig)
     dec: DECConfig = field(default_factory=DECConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    deepcluster: DeepClusterConfig = field(default_factory=DeepClusterConfig)

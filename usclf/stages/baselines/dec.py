@@ -112,6 +112,14 @@ class _AutoencoderBaseline(Baseline):
                            device=str(ctx.device), ckpt_every=10**9, ckpt_epochs=max(1, 100 // steps_per_epoch),
                            progress=ctx.progress, log_every=50, restore_best=False)
 
+    def check(self, images: np.ndarray, k: int) -> None:
+        if self.conv:
+            f = 2 ** len(self.cfg.cae.filters)
+            if images.shape[1] % f or images.shape[2] % f:
+                raise UsclfError(f"convolutional autoencoder: {len(self.cfg.cae.filters)} pooling steps need image "
+                                 f"sides that are multiples of {f}, got {images.shape[1]}x{images.shape[2]} "
+                                 "(ingest with --size 64 or 128)")
+
     def _inputs(self, images: np.ndarray, device) -> torch.Tensor:
         """Pixels in [0, 1]: N x HW for the dense AE, N x 1 x H x W for the convolutional one."""
         X = torch.as_tensor(raw_pixels(images), device=device)

@@ -25,6 +25,8 @@ class FitContext:
     tracker: Any = None         # open MLflow run for per-epoch metrics
     progress: bool = True
     resume: bool = False
+    data: Any = None            # the CachedDataset (for methods that use the augmentation pipeline)
+    rows: Any = None            # its manifest rows being clustered, in the order of `images`
 
 
 @dataclass
@@ -46,6 +48,9 @@ class Baseline:
     def validate(self) -> None:
         """Raise UsclfError for settings this method cannot use."""
 
+    def check(self, images: np.ndarray, k: int) -> None:
+        """Raise UsclfError when these images or this K cannot work (called before any run is logged)."""
+
     def fit(self, images: np.ndarray, ctx: FitContext) -> Assignment:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -60,7 +65,7 @@ def register(cls: type[Baseline]) -> type[Baseline]:
 
 def get_baseline(cfg: BaselineConfig) -> Baseline:
     """The configured baseline, validated."""
-    for module in ("dec", "features"):  # importing them registers the methods
+    for module in ("dec", "deepcluster", "features"):  # importing them registers the methods
         importlib.import_module(f"{__package__}.{module}")
 
     if cfg.method not in BASELINES:

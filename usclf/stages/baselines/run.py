@@ -75,6 +75,7 @@ def baseline(cfg: BaselineConfig, tracking_uri: str | None = None, resume: bool 
     k = cfg.k if cfg.k is not None else _default_k(Y, labelled)
     if k < 2:
         raise UsclfError(f"k must be >= 2, got {k}")
+    method.check(images, k)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
@@ -85,16 +86,17 @@ def baseline(cfg: BaselineConfig, tracking_uri: str | None = None, resume: bool 
     with Tracker(tracking_uri, cfg.experiment, f"baseline-{cfg.method}-seed{cfg.seed}", params,
                  {"stage": "baseline", "method": cfg.method}, parent_run_id) as run:
         t0 = time.time()
-        fit = method.fit(images, FitContext(out, k, cfg.seed, device, run, cfg.progress, resume))
+        fit = method.fit(images, FitContext(out, k, cfg.seed, device, run, cfg.progress, resume, ds, rows))
         seconds = time.time() - t0
-        P = np.asarray(fit.P, dtype=np.float64)
-        if P.shape != (len(rows), k) or not np.isfinite(P).all():
-            raise UsclfError(f"baseline {cfg.method} returned assignments of shape {P.shape}, expected {(len(rows), k)}")
+        P = np.asarray(fit.P, dtype=np.float64)   # K columns, or more for over-clustering methods
+        if P.ndim != 2 or P.shape[0] != len(rows) or P.shape[1] < 2 or not np.isfinite(P).all():
+            raise UsclfError(f"baseline {cfg.method} returned assignments of shape {P.shape} for {len(rows)} images")
         clusters = P.argmax(1)
         metrics = {f"all/{key}": v for key, v in clustering_metrics(
             Y[labelled].astype(int), clusters[labelled], fit.features[labelled]).items()}
         metrics.update({f"fit/{key}": float(v) for key, v in fit.info.items()})
         metrics["fit/seconds"] = seconds
+        metrics["fit/clusters"] = float(P.shape[1])
         report = _matched_report(ds, rows, P, Y, cfg)
         if report is not None:
             metrics.update({"test/weighted_f1": float(report.loc[WEIGHTED, "f1"])})
