@@ -7,6 +7,14 @@ from torch import nn
 from ...errors import UsclfError
 
 
+def check_conv_size(size: tuple[int, int], pools: int) -> None:
+    """One-line error unless both image sides survive `pools` 2x2 max-pools exactly."""
+    f = 2 ** pools
+    if size[0] % f or size[1] % f:
+        raise UsclfError(f"convolutional autoencoder: {pools} pooling steps need image sides that are multiples "
+                         f"of {f}, got {size[0]}x{size[1]} (ingest with --size 64 or 128)")
+
+
 class DenseAE(nn.Module):
     """Encoder [a, d1, ..., dL] with ReLU between layers and a mirrored decoder. The embedding and the
     reconstruction layers are linear, as in the official DEC/IDEC code (paper 000 says ReLU 'for all')."""
@@ -32,10 +40,8 @@ class ConvAE(nn.Module):
 
     def __init__(self, size: tuple[int, int], filters: list[int], code: int):
         super().__init__()
+        check_conv_size(size, len(filters))
         f = 2 ** len(filters)
-        if size[0] % f or size[1] % f:
-            raise UsclfError(f"convolutional autoencoder: {len(filters)} pooling steps need image sides that "
-                             f"are multiples of {f}, got {size[0]}x{size[1]} (ingest with --size 64 or 128)")
         enc, ch = [], 1
         for n in filters:
             enc += [nn.Conv2d(ch, n, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]

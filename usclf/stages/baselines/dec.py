@@ -15,7 +15,7 @@ from ...losses.dec import dec_kl, dec_target, student_t_q
 from ...losses.graph import graph_loss, graph_pairs, knn_graph
 from ...train.checkpoint import load_checkpoint, save_checkpoint
 from ...train.loop import OptimConfig, TrainConfig, Trainer
-from .autoencoders import ConvAE, DenseAE
+from .autoencoders import ConvAE, DenseAE, check_conv_size
 from .features import kmeans, raw_pixels
 from .registry import Assignment, Baseline, FitContext, check_positive, one_hot, register
 
@@ -114,11 +114,7 @@ class _AutoencoderBaseline(Baseline):
 
     def check(self, images: np.ndarray, k: int) -> None:
         if self.conv:
-            f = 2 ** len(self.cfg.cae.filters)
-            if images.shape[1] % f or images.shape[2] % f:
-                raise UsclfError(f"convolutional autoencoder: {len(self.cfg.cae.filters)} pooling steps need image "
-                                 f"sides that are multiples of {f}, got {images.shape[1]}x{images.shape[2]} "
-                                 "(ingest with --size 64 or 128)")
+            check_conv_size(images.shape[1:], len(self.cfg.cae.filters))
 
     def _inputs(self, images: np.ndarray, device) -> torch.Tensor:
         """Pixels in [0, 1]: N x HW for the dense AE, N x 1 x H x W for the convolutional one."""

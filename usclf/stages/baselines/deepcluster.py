@@ -74,7 +74,6 @@ class DeepCluster(Baseline):
         model = build_classifier(c.backbone, "multilabel", num_classes=k)
         model.register_buffer("pseudo", torch.zeros(len(rows), dtype=torch.long))
         position = {int(r): i for i, r in enumerate(rows)}
-        trainer_ref: list[Trainer] = []
         state = {"features": None}
 
         def recluster(m, epoch: int) -> dict:
@@ -86,9 +85,9 @@ class DeepCluster(Baseline):
             before = m.pseudo.cpu().numpy().copy()
             m.pseudo.copy_(torch.as_tensor(labels))
             m.head.fc.reset_parameters()
-            if trainer_ref and trainer_ref[0].optimizer is not None:   # the new head starts without momentum
+            if trainer.optimizer is not None:   # the new head starts without momentum
                 for p in m.head.parameters():
-                    trainer_ref[0].optimizer.state.pop(p, None)
+                    trainer.optimizer.state.pop(p, None)
             state["features"] = f
             return {"nmi_prev": nmi(before, labels)}
 
@@ -107,7 +106,6 @@ class DeepCluster(Baseline):
 
         trainer = Trainer(model, cfg, step, ctx.out / "deepcluster_checkpoints", ctx.tracker,
                           on_epoch_end=recluster_after)
-        trainer_ref.append(trainer)
         model.to(ctx.device)
         recluster(model, -1)              # pseudo-labels for the first epoch from the initial network
         loader = make_loader(UltrasoundDataset(ds, rows, views=("weak",), aug=aug),
