@@ -122,7 +122,12 @@ class ExamBatchSampler(_SeededBatchSampler):
         ids = np.asarray(exam_ids)
         if ids.size == 0:
             raise UsclfError("exam sampler: no images to sample from")
-        exams, inverse = np.unique(ids.astype(str), return_inverse=True)
+        exams, first, inverse = np.unique(ids.astype(str), return_index=True, return_inverse=True)
+        # Number exams by first appearance, not by id: ids are salted hashes (new salt = new order) while
+        # the rows come in file order, so the seeded draw depends on the data and the seed alone.
+        rank_of = np.empty(len(exams), dtype=np.int64)
+        rank_of[np.argsort(first, kind="stable")] = np.arange(len(exams))
+        exams, inverse = exams[np.argsort(first, kind="stable")], rank_of[inverse.reshape(-1)]
         order = np.argsort(inverse, kind="stable")
         bounds = np.cumsum(np.bincount(inverse, minlength=len(exams)))[:-1]
         self.exams = exams

@@ -101,10 +101,7 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, classes: list[str]) -> pd.
     exam_group = df.groupby("exam_id")["patient_id" if cfg.by == "patient" else "exam_id"].first()
     # Order exams (and so patients) by their first file path, not by id: ids are salted hashes, and neither a
     # salt that changes between ingests nor the row order may change which patients land in which split.
-    where = (df["path"].astype(str) + "#" + df["frame"].astype(str)) if {"path", "frame"} <= set(df.columns) \
-        else df["image_id"].astype(str)
-    first = where.groupby(df["exam_id"]).min()
-    exam_group = exam_group.loc[first.sort_values(kind="stable").index]
+    exam_group = exam_group.loc[exam_order(df)]
     exams_of = {p: list(g.index) for p, g in exam_group.groupby(exam_group, sort=False)}
 
     n_total = len(exam_group)
@@ -174,16 +171,31 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, classes: list[str]) -> pd.
     return out
 
 
+def exam_order(df: pd.DataFrame) -> np.ndarray:
+    """Exam ids of `df` ordered by each exam's first file path (then frame), never by the id itself.
+
+    Ids are salted hashes and the salt may change between ingests of the same export: anything seeded
+    that draws exams must permute this order so the draw depends only on the data and the seed.
+    """
+    if df.empty:
+        return np.array([], dtype=str)
+    exam = df["exam_id"].astype(str)
+    where = (df["path"].astype(str) + "#" + df["frame"].astype(str)) if {"path", "frame"} <= set(df.columns) \
+        else df["image_id"].astype(str)
+    first = where.groupby(exam.to_numpy()).min()
+    return first.sort_values(kind="stable").index.to_numpy().astype(str)
+
+
 def label_fraction_mask(df: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask over `df` rows: the train rows kept at label `fraction`, drawn by whole exams.
 
-    One seeded permutation of the (sorted) train exams; the first ceil(fraction * n) exams (>= 1) are
-    kept, so smaller fractions are subsets of larger ones for the same seed.
+    One seeded permutation of the train exams (in `exam_order`: by file path, never by salted id); the
+    first ceil(fraction * n) exams (>= 1) are kept, so smaller fractions are subsets of larger ones.
     """
     if not 0 < fraction <= 1:
         raise UsclfError(f"label fraction must be in (0, 1], got {fraction}")
     train = (df["split"] == "train").to_numpy()
-    exams = np.unique(df.loc[train, "exam_id"].astype(str))
+    exams = exam_order(df.loc[train])
     if len(exams) == 0:
         raise UsclfError("no train rows to draw a label fraction from")
     perm = np.random.default_rng(seed).permutation(len(exams))
