@@ -70,7 +70,7 @@ def run_arm(name: str, seed: int, ds: Path, lsd: Path, out: Path, fraction: floa
         cfg = load_config(FinetuneConfig, CONFIGS / "finetune_demo.yaml", common + overrides)
         path = finetune(cfg, tracking_uri=uri, parent_run_id=parent)
     else:
-        cfg = load_config(SemisupConfig, CONFIGS / "semisup_demo.yaml", common + [f"heads={heads}"] + overrides)
+        cfg = load_config(SemisupConfig, CONFIGS / "semisup_demo.yaml", common + [f"method=fixmatch-{heads}head"] + overrides)
         path = semisup(cfg, tracking_uri=uri, parent_run_id=parent)
     metrics = json.loads((path.parent / "eval" / "metrics.json").read_text())
     return float(metrics["test/weighted_f1"])

@@ -29,7 +29,9 @@ from usclf.models.heads import build_classifier
 from usclf.models.modelfile import load_model_file, save_model_file
 from usclf.stages.common import infer
 from usclf.stages.scoring import sigmoid, val_weighted_f1
-from usclf.stages.semisup import combo_targets, make_step, unlabeled_rows
+from usclf.methods.fixmatch import FixMatchOneHead, FixMatchTwoHead
+from usclf.methods.semisup_base import MethodSetup
+from usclf.stages.semisup import combo_targets, unlabeled_rows
 from usclf.stages.unlabeled_loader import StepBatchSampler, fixmatch_loader, unlabeled_dataset
 from usclf.train.loop import OptimConfig, TrainConfig, Trainer
 
@@ -60,7 +62,10 @@ def test_help_text_for_every_option():
         for action in sub.choices[name]._actions:
             assert action.help, f"{name} {action.option_strings or action.dest} has no help text"
     opts = {a.dest for a in sub.choices["semisup"]._actions}
-    assert {"heads", "init", "label_fraction", "seed", "data", "out", "config", "resume"} <= opts
+    assert {"method", "heads", "init", "label_fraction", "seed", "data", "out", "config", "resume"} <= opts
+    method_help = next(a.help for a in sub.choices["semisup"]._actions if a.dest == "method")
+    from usclf.methods import SEMISUP
+    assert all(name in method_help for name in SEMISUP)  # --help lists every registered method
 
 
 def test_finetune_cli_end_to_end(dataset, mlflow_uri, tmp_path):
@@ -188,6 +193,13 @@ def fixmatch_batch(nl=3, nu=4):
     return {"labeled": lab, "unlabeled": {"views": [weak, strong], "y": -torch.ones(nu, 2)}}
 
 
+def make_step(heads, tau, lambda_u, y_labeled=None):
+    """The registered reference FixMatch method; its vocabulary comes from `y_labeled`."""
+    y = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0, 0]]) if y_labeled is None else y_labeled
+    cls = FixMatchOneHead if heads == "one" else FixMatchTwoHead
+    return cls(MethodSetup(classes=[f"c{i}" for i in range(y.shape[1])], y_labeled=y, tau=tau, lambda_u=lambda_u))
+
+
 def test_combo_targets_map_label_sets_and_ignore_rare_ones():
     vocab = torch.tensor([[1., 0.], [0., 1.]])
     y = torch.tensor([[0., 1.], [1., 1.], [1., 0.], [0., 0.]])
@@ -197,8 +209,9 @@ def test_combo_targets_map_label_sets_and_ignore_rare_ones():
 @pytest.mark.parametrize("heads", ["one", "two"])
 def test_step_is_one_forward_pass_with_the_right_slices(heads):
     net, batch = TinyNet(heads), fixmatch_batch()
-    vocab = torch.tensor([[1., 0.], [0., 1.], [0., 0.]])
-    loss, m = make_step(heads, tau=0.5, lambda_u=2.0, vocab=vocab)(net, batch, None)
+    step = make_step(heads, tau=0.5, lambda_u=2.0)  # vocabulary [1, 0], [0, 1], [0, 0] (by count)
+    assert step.vocab == ([(1, 0), (0, 1), (0, 0)] if heads == "two" else [])
+    loss, m = step(net, batch, None)
     assert net.calls == 1
     x, y = batch["labeled"]["views"][0], batch["labeled"]["y"]
     weak, strong = batch["unlabeled"]["views"]
@@ -216,7 +229,7 @@ def test_step_is_one_forward_pass_with_the_right_slices(heads):
     assert l_u.item() > 0  # the check above is not vacuous: some unlabelled rows pass tau = 0.5
     # swapping weak and strong changes the loss (pseudo-labels must come from the weak view)
     swapped = {**batch, "unlabeled": {**batch["unlabeled"], "views": [strong, weak]}}
-    assert make_step(heads, 0.5, 2.0, vocab)(net, swapped, None)[0].item() != pytest.approx(loss.item())
+    assert make_step(heads, 0.5, 2.0)(net, swapped, None)[0].item() != pytest.approx(loss.item())
 
 
 # ------------------------------------------------------------------ the combined loader
@@ -288,7 +301,7 @@ def test_semisup_training_resumes_after_a_kill_to_the_same_weights(dataset, tmp_
                                  max_images_per_exam=4, steps_per_epoch=3, seed=5)
         torch.manual_seed(0)
         model = build_classifier("resnet18", "multilabel", num_classes=len(data.classes))
-        step = make_step("one", tau=0.6, lambda_u=1.0)
+        step = make_step("one", tau=0.6, lambda_u=1.0, y_labeled=data.labels(labelled).astype(int))
 
         def killable(m, batch, ctx):
             if ctx.step == kill_at:

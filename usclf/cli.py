@@ -69,7 +69,9 @@ def _split(p):
 def _pretrain(p):
     p.add_argument("--data", help="dataset folder written by `usclf ingest` (config key data.path)")
     p.add_argument("--out", help="output folder for checkpoints, model.pt and config.yaml (key out)")
-    p.add_argument("--method", choices=["pica", "lsd"], help="clustering loss (default lsd)")
+    from .methods import PRETRAIN, help_text  # import-light catalogue
+    p.add_argument("--method", choices=list(PRETRAIN), help="clustering method (key method; default lsd). "
+                   + help_text("pretrain"))
     p.add_argument("--seed", type=int, help="training seed (key train.seed)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     _common(p)
@@ -105,13 +107,16 @@ def _finetune(p):
     _trainer_args(p)
 
 
-@command("semisup", "semi-supervised multi-label FixMatch (one or two heads) on labelled + unlabelled exams: "
-         "fixed steps, best validation F1, per-class thresholds, test report", "usclf.stages.cli_train:run_semisup")
+@command("semisup", "semi-supervised multi-label training (FixMatch with one or two heads, FreeMatch, distribution "
+         "alignment, CAP) on labelled + unlabelled exams: fixed steps, best validation F1, per-class thresholds, "
+         "test report, pseudo-label diagnostics", "usclf.stages.cli_train:run_semisup")
 def _semisup(p):
-    p.add_argument("--heads", choices=["one", "two"], help="one: sigmoid head, pseudo-labels p >= 0.5; two: "
-                   "softmax over label combinations for pseudo-labels + sigmoid head for predictions (default two)")
+    from .methods import help_text  # import-light catalogue
+    p.add_argument("--method", help="training method (key method; default fixmatch-twohead; its own options go "
+                   "under options.NAME=VALUE). " + help_text("semisup"))
+    p.add_argument("--heads", choices=["one", "two"], help="shorthand for --method fixmatch-onehead / "
+                   "fixmatch-twohead")
     _trainer_args(p)
-
 
 
 def _baseline_help() -> str:

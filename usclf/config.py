@@ -125,6 +125,11 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
                 raise UsclfError(f"unknown config key '{key}'; valid keys: {valid}")
             if i == len(parts) - 1:
                 node[part] = value
+            elif typing.get_origin(types[part]) is dict or types[part] is dict:
+                # a free mapping (e.g. a method's `options`): the rest of the key is one entry, checked later
+                node.setdefault(part, {})
+                node[part] = {**(node[part] or {}), ".".join(parts[i + 1:]): value}
+                break
             else:
                 cls = types[part]
                 if not _is_dataclass_type(cls):

@@ -39,5 +39,6 @@ def run_finetune(args):
 def run_semisup(args):
     from .semisup import SemisupConfig, semisup
     cfg = load_config(SemisupConfig, args.config, _progress(args, _set(
-        args.overrides, heads=args.heads, **_trainer_opts(args))))
+        args.overrides, method=args.method or (f"fixmatch-{args.heads}head" if args.heads else None),
+        **_trainer_opts(args))))
     return semisup(cfg, resume=args.resume, tracking_uri=args.tracking_uri)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ from ..data.sampler import ExamBatchSampler, make_loader
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
 from ..eval.clustering import combination_vocabulary
-from ..losses.dirichlet import lsd_loss
-from ..losses.pica import cluster_size_entropy, pica_loss
+from ..losses.pica import cluster_size_entropy
+from ..methods import PRETRAIN, method_class
 from ..models.heads import build_classifier
 from ..models.modelfile import save_model_file
 from ..tracking import Tracker
@@ -23,7 +24,7 @@ from ..train.loop import TrainConfig, Trainer, seed_everything
 from .evaluate import EvaluateConfig, evaluate
 from .common import DataConfig, ModelConfig, open_split, preprocess_meta, rows_in
 
-METHODS = ("pica", "lsd")
+METHODS = tuple(PRETRAIN)
 
 
 @dataclass
@@ -45,14 +46,25 @@ class PretrainConfig:
 
 
 def clustering_loss(method: str, lam: float, epsilon: float):
-    """The loss as a function of the two views' probabilities (N x K each) -> (total, parts)."""
-    if method == "pica":
-        return lambda x, y: pica_loss(x, y, lam=lam)
-    if method == "lsd":
-        if epsilon <= 0:
-            raise UsclfError(f"LSD needs alpha = 1 + epsilon > 1; got epsilon={epsilon}")
-        return lambda x, y: lsd_loss(x, y, lam=lam, alpha=1.0 + epsilon)
-    raise UsclfError(f"unknown clustering method '{method}'; choose one of {', '.join(METHODS)}")
+    """The registered method's loss as a function of the two views' probabilities -> (total, parts)."""
+    return method_class("pretrain", method)(lam, epsilon).loss
+
+
+def effective_clusters(p: torch.Tensor) -> torch.Tensor:
+    """exp(entropy of the argmax cluster sizes): 1 when every image lands in one cluster, K when balanced."""
+    with torch.no_grad():
+        n = torch.bincount(p.argmax(1), minlength=p.shape[1]).double()
+        z = n / n.sum().clamp_min(1)
+        return torch.exp(-(z * torch.log(z.clamp_min(1e-12))).sum()).float()
+
+
+def collapse_warning(history: list[dict], k: int) -> str | None:
+    """A one-line warning when the last epoch used fewer than max(1.5, K/4) effective clusters (our rule)."""
+    eff = history[-1].get("train/effective_clusters") if history else None
+    if eff is None or eff >= max(1.5, k / 4):
+        return None
+    return (f"warning: the clustering collapsed: {eff:.2f} effective clusters of K={k} in the last epoch "
+            "(exp of the entropy of the argmax sizes); train longer, raise lam, or lower the learning rate")
 
 
 def default_k(ds, min_count: int) -> tuple[int, list]:
@@ -72,7 +84,8 @@ def make_step(loss_fn):
         p = model(torch.cat([v1, v2]))  # one pass: BatchNorm sees both views as one batch
         x, y = gather_with_grad(p[:n]), gather_with_grad(p[n:])
         loss, parts = loss_fn(x, y)
-        return loss, {**parts, "size_entropy": cluster_size_entropy(x.detach())}
+        return loss, {**parts, "size_entropy": cluster_size_entropy(x.detach()),
+                      "effective_clusters": effective_clusters(x.detach())}
     return step
 
 
@@ -113,6 +126,10 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, tracking_uri: str | None
             tracker.log_artifact(out / "config.yaml")
             print(f"pretrained {cfg.method.upper()} (K={k}) for {result.epochs} epochs / {result.steps} steps "
                   f"on {len(rows)} images -> {path}")
+            warn = collapse_warning(result.history, k)
+            tracker.log_metrics({"collapsed": float(warn is not None)})
+            if warn:
+                print(warn, file=sys.stderr)
             splits = set(ds.manifest["split"])
             if cfg.evaluate_after and {"val", "test"} <= splits:
                 ev = evaluate(EvaluateConfig(model=str(path), out=str(out / "eval"), data=cfg.data,

@@ -1,4 +1,6 @@
-"""`usclf semisup`: multi-label FixMatch with one or two heads (paper Sec. 2.3, Fig. 3; DESIGN §4).
+"""`usclf semisup`: semi-supervised multi-label training with a registered method (paper Sec. 2.3, Fig. 3).
+
+The reference methods are the paper's multi-label FixMatch with one or two heads (usclf/methods/).
 
 Each step: a labelled batch of B images (weak view) and about mu*B unlabelled images drawn by whole exams
 (weak + strong views) go through ONE forward pass, so BatchNorm sees one batch. Pseudo-labels come from
@@ -14,16 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..config import dump_config, to_dict
 from ..data.dataset import UltrasoundDataset
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
-from ..eval.clustering import combination_vocabulary
-from ..losses.fixmatch import (IGNORE_INDEX, fixmatch_onehead_unlabeled, fixmatch_total,
-                               fixmatch_twohead_unlabeled, twohead_labeled)
-from ..losses.supervised import multilabel_bce
+from ..eval.pseudo_diagnostics import truth_labels
+from ..methods import method_class
+from ..methods.semisup_base import MethodSetup, SemisupMethod, combo_targets  # noqa: F401 (re-exported)
 from ..models.heads import build_classifier
 from ..tracking import Tracker
 from ..train.distributed import get_dist_info, init_distributed, seed_everything
@@ -32,13 +32,12 @@ from .common import DataConfig, ModelConfig, open_split, rows_in
 from .finetune import ValidationF1, finish, init_kind, labelled_rows, summary
 from .unlabeled_loader import fixmatch_loader, unlabeled_dataset, unlabeled_exams_per_step
 
-HEADS = ("one", "two")
-
-
 @dataclass
 class SemisupConfig:
-    """FixMatch for multi-label data; defaults from the paper (Sec. 2.3, 3.2) and FixMatch (Sohn et al.)."""
-    heads: str = "two"                   # one | two; paper Sec. 4 (finding 3, Table 2): two heads do better
+    """Semi-supervised training; defaults from the paper (Sec. 2.3, 3.2) and FixMatch (Sohn et al.)."""
+    method: str = "fixmatch-twohead"     # a registered method (usclf.methods.SEMISUP); paper Sec. 4: two heads win
+    options: dict = field(default_factory=dict)  # the method's own options (see its Options dataclass)
+    teacher: str = "student"             # student | ema: pseudo-labels from the EMA weights (needs train.ema)
     tau: float = 0.95                    # FixMatch confidence threshold (`>=`)
     lambda_u: float = 1.0                # FixMatch weight of the unlabelled loss
     mu: int = 7                          # FixMatch unlabelled:labelled ratio (images per step: mu * B)
@@ -49,6 +48,7 @@ class SemisupConfig:
     fraction_seed: int | None = None     # seed of the nested label subset; null = train.seed
     unlabeled_splits: list[str] = field(default_factory=lambda: ["unlabeled"])
     unlabeled_train_rest: bool = True    # train exams outside the label fraction join the unlabelled pool
+    diagnostics: bool = True             # pseudo-label precision/recall vs the truth where known (simulated data)
     out: str = "runs/semisup"
     experiment: str = "usclf-semisup"
     figures: bool = True                 # evaluate's t-SNE / per-class bars / gallery (off in studies)
@@ -61,14 +61,15 @@ class SemisupConfig:
 
 def check_config(cfg: SemisupConfig) -> None:
     """One-line errors for settings that cannot work."""
-    if cfg.heads not in HEADS:
-        raise UsclfError(f"heads must be one or two, got '{cfg.heads}'")
+    method_class("semisup", cfg.method)
     if cfg.mu < 1 or cfg.eval_every < 1 or cfg.min_count < 1:
         raise UsclfError(f"mu, eval_every and min_count must be >= 1 (got {cfg.mu}, {cfg.eval_every}, {cfg.min_count})")
     if cfg.unlabeled_exams is not None and cfg.unlabeled_exams < 1:
         raise UsclfError(f"unlabeled_exams must be >= 1 or null, got {cfg.unlabeled_exams}")
     if not 0.0 <= cfg.tau <= 1.0 or cfg.lambda_u < 0:
         raise UsclfError(f"need 0 <= tau <= 1 and lambda_u >= 0 (got tau={cfg.tau}, lambda_u={cfg.lambda_u})")
+    if cfg.teacher == "ema" and not cfg.train.ema:
+        raise UsclfError("teacher=ema needs train.ema (an EMA decay such as 0.999)")
     leak = sorted(set(cfg.unlabeled_splits) & {"val", "test"})
     if leak:
         raise UsclfError(f"unlabeled_splits must not include {', '.join(leak)}: it would train on evaluation images")
@@ -88,37 +89,12 @@ def unlabeled_rows(ds, splits: list[str], labelled: np.ndarray, train_rest: bool
     return rows
 
 
-def combo_targets(y: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
-    """Vocabulary id of each labelled row's label set (N), IGNORE_INDEX for sets outside the vocabulary."""
-    hit = (y[:, None, :] == vocab[None].to(y)).all(dim=2)  # N x K
-    return torch.where(hit.any(dim=1), hit.float().argmax(dim=1), torch.full_like(hit[:, 0], IGNORE_INDEX,
-                                                                                  dtype=torch.long))
-
-
-def make_step(heads: str, tau: float, lambda_u: float, vocab: torch.Tensor | None = None):
-    """FixMatch step: labelled, weak and strong images in one forward pass; L = L_sup + lambda_u L_u."""
-    if heads == "two" and vocab is None:
-        raise UsclfError("the two-head step needs the label-combination vocabulary")
-
-    def step(model, batch, ctx):
-        lab, unl = batch["labeled"], batch["unlabeled"]
-        x, y = lab["views"][0], lab["y"]
-        weak, strong = unl["views"]
-        nl, nu = x.shape[0], weak.shape[0]
-        out = model(torch.cat([x, weak, strong]))  # one pass: BatchNorm statistics over all three parts
-        if heads == "one":
-            l_sup = multilabel_bce(out[:nl], y)
-            l_u, info = fixmatch_onehead_unlabeled(out[nl:nl + nu], out[nl + nu:], tau)
-            parts = {}
-        else:
-            combo, ml = out
-            l_sup, parts = twohead_labeled(combo[:nl], ml[:nl], combo_targets(y, vocab), y)
-            l_u, info = fixmatch_twohead_unlabeled(combo[nl:nl + nu], combo[nl + nu:], tau)
-        metrics = {"loss_sup": l_sup.detach(), "loss_u": l_u.detach(), "mask_rate": info["mask_rate"],
-                   "n_unlabeled": float(nu)}
-        metrics.update({f"loss_{k}": v.detach() for k, v in parts.items()})
-        return fixmatch_total(l_sup, l_u, lambda_u), metrics
-    return step
+def build_method(cfg: SemisupConfig, ds, lab_rows: np.ndarray) -> SemisupMethod:
+    """The configured method, built from the labelled rows (and the truth, for diagnostics only)."""
+    truth = truth_labels(ds) if cfg.diagnostics else None
+    setup = MethodSetup(classes=list(ds.classes), y_labeled=ds.labels(lab_rows).astype(int), tau=cfg.tau,
+                        lambda_u=cfg.lambda_u, min_count=cfg.min_count, teacher=cfg.teacher, truth=truth)
+    return method_class("semisup", cfg.method)(setup, cfg.options)
 
 
 def semisup(cfg: SemisupConfig, resume: bool = False, tracking_uri: str | None = None,
@@ -132,14 +108,10 @@ def semisup(cfg: SemisupConfig, resume: bool = False, tracking_uri: str | None =
     unl_rows = unlabeled_rows(ds, cfg.unlabeled_splits, lab_rows, cfg.unlabeled_train_rest)
     val = ValidationF1(ds, rows_in(ds, ["val"], "validation images"), cfg.augment, cfg.data)
     rows_in(ds, ["test"], "test images")  # fail now rather than after training
-    y_lab = ds.labels(lab_rows).astype(int)
-    # the one-head model has no combination head; its vocabulary stays empty
-    vocab, index = combination_vocabulary(y_lab, cfg.min_count) if cfg.heads == "two" else ([], np.zeros(0))
-    sizes = {"num_classes": len(ds.classes)} if cfg.heads == "one" else \
-        {"num_combos": len(vocab), "num_classes": len(ds.classes)}
+    method = build_method(cfg, ds, lab_rows)
     seed_everything(cfg.train.seed)  # the new head's (and a random backbone's) init follows the seed
-    model = build_classifier(cfg.model.backbone, "multilabel" if cfg.heads == "one" else "twohead",
-                             init=cfg.model.init, imagenet_weights=cfg.model.imagenet_weights, **sizes)
+    model = build_classifier(cfg.model.backbone, method.head, init=cfg.model.init,
+                             imagenet_weights=cfg.model.imagenet_weights, **method.model_sizes())
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
@@ -149,33 +121,35 @@ def semisup(cfg: SemisupConfig, resume: bool = False, tracking_uri: str | None =
     t_u = cfg.unlabeled_exams or unlabeled_exams_per_step(unlabeled.exam_ids, cfg.mu, b, cap)
     loader = fixmatch_loader(labeled, unlabeled, b, t_u, cap, cfg.eval_every, seed=cfg.train.seed,
                              rank=dist.rank, world_size=dist.world_size, workers=cfg.data.workers, pin_memory=True)
-    vocab_t = torch.tensor(vocab, dtype=torch.float32) if vocab else None
-    method = f"fixmatch-{cfg.heads}head"
-    params = {"stage": "semisup", "method": method, "heads": cfg.heads, "init": cfg.model.init,
+    vocab, heads = method.vocab, method.meta()["heads"]
+    params = {"stage": "semisup", "method": cfg.method, "heads": heads, "init": cfg.model.init,
               "init_kind": init_kind(cfg.model.init), "fraction": cfg.label_fraction, "seed": cfg.train.seed,
               "fraction_seed": fseed, "data_hash": dhash, "tau": cfg.tau, "lambda_u": cfg.lambda_u, "mu": cfg.mu,
               "unlabeled_exams_per_step": t_u, "K": len(vocab), "n_train_images": len(lab_rows),
-              "n_ignored_label_sets": int((index < 0).sum()), "n_unlabeled_images": len(unl_rows),
+              "n_ignored_label_sets": method.n_ignored, "teacher": cfg.teacher,
+              "n_unlabeled_images": len(unl_rows),
               "config": to_dict(cfg)}
-    tags = {"stage": "semisup", "method": method, "init": init_kind(cfg.model.init), "fraction": cfg.label_fraction}
+    tags = {"stage": "semisup", "method": cfg.method, "init": init_kind(cfg.model.init), "fraction": cfg.label_fraction}
     path = out / "model.pt"
-    with Tracker(tracking_uri, cfg.experiment, f"semisup-{cfg.heads}head-{init_kind(cfg.model.init)}-f"
+    with Tracker(tracking_uri, cfg.experiment, f"semisup-{cfg.method}-{init_kind(cfg.model.init)}-f"
                  f"{cfg.label_fraction}-seed{cfg.train.seed}", params, tags, parent_run_id,
                  enabled=dist.is_main) as tracker:
-        trainer = Trainer(model, cfg.train, make_step(cfg.heads, cfg.tau, cfg.lambda_u, vocab_t),
-                          out / "checkpoints", tracker, on_epoch_end=val)
+        trainer = Trainer(model, cfg.train, method, out / "checkpoints", tracker, on_epoch_end=val)
         result = trainer.fit(loader, resume=resume)
         if trainer.ema is not None and not (cfg.train.restore_best and result.best_epoch is not None):
             # no best-val weights restored: predict with the EMA weights, as FixMatch does
             model.load_state_dict(trainer.ema.state_dict())
         if dist.is_main:
             masks = [h["train/mask_rate"] for h in result.history if "train/mask_rate" in h]
+            if cfg.diagnostics:
+                for f in method.diag.write(out / "diagnostics", cfg.eval_every, f"{cfg.method}: pseudo-labels"):
+                    tracker.log_artifact(f, "diagnostics")
             path, ev = finish(model, cfg, ds, dhash, val, result, tracker, tracking_uri, stage="semisup",
-                              method=method, heads=cfg.heads, vocab=[list(v) for v in vocab],
-                              init=cfg.model.init, label_fraction=cfg.label_fraction, fraction_seed=fseed,
+                              **method.meta(), teacher=cfg.teacher, init=cfg.model.init,
+                              label_fraction=cfg.label_fraction, fraction_seed=fseed,
                               seed=cfg.train.seed, tau=cfg.tau, lambda_u=cfg.lambda_u, mu=cfg.mu,
                               n_train_images=len(lab_rows), n_unlabeled_images=len(unl_rows))
-            print(f"FixMatch {cfg.heads}-head ({init_kind(cfg.model.init)} init, {len(lab_rows)} labelled + "
+            print(f"{cfg.method} ({init_kind(cfg.model.init)} init, {len(lab_rows)} labelled + "
                   f"{len(unl_rows)} unlabelled images, {t_u} unlabelled exams/step"
                   f"{f', K={len(vocab)} label sets' if vocab else ''}) for "
                   f"{result.steps} steps; mask rate {masks[0] if masks else float('nan'):.2f} -> "

@@ -67,6 +67,7 @@ class StepContext:
     device: torch.device
     rank: int = 0
     world_size: int = 1
+    ema: nn.Module | None = None  # the EMA copy of the model (train.ema), e.g. a pseudo-label teacher
 
 
 @dataclass
@@ -178,6 +179,8 @@ class Trainer:
             "rng": capture_rng(), "epoch_rng": epoch_rng, "epoch_sums": dict(sums), "epoch_count": count,
             "best_metric": self.best_metric, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs,
             "history": self.history, "stopped_early": self.stopped_early,
+            # a training method's own state (running thresholds, diagnostics): resumed with the weights
+            "method": self.step_fn.state_dict() if callable(getattr(self.step_fn, "state_dict", None)) else None,
         }
 
     def _save_last(self, *args) -> None:
@@ -205,6 +208,10 @@ class Trainer:
         self.step, self.best_metric = int(ck["step"]), ck["best_metric"]
         self.best_epoch, self.bad_epochs = ck["best_epoch"], int(ck["bad_epochs"])
         self.history, self.stopped_early = list(ck["history"]), bool(ck["stopped_early"])
+        if callable(getattr(self.step_fn, "load_state_dict", None)):
+            if ck.get("method") is None:
+                raise UsclfError(f"{self.last_path} holds no state for this run's training method")
+            self.step_fn.load_state_dict(ck["method"])
         if self.best_epoch is not None and self.best_path.is_file():
             self.best_state = load_checkpoint(self.best_path)["model"]
         return ck
@@ -327,7 +334,8 @@ class Trainer:
             bar = tqdm(total=total, initial=b, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
                        disable=not (cfg.progress and self.dist.is_main))
             for batch in it:
-                ctx = StepContext(self.step, epoch, b, self.device, self.dist.rank, self.dist.world_size)
+                ctx = StepContext(self.step, epoch, b, self.device, self.dist.rank, self.dist.world_size,
+                                  self.ema.module if self.ema is not None else None)
                 self.net.train()
                 values = self._train_step(batch, ctx)
                 self.step += 1

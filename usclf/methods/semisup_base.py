@@ -1,0 +1,136 @@
+"""What every semi-supervised method shares: the one-forward-pass step, the labelled loss of its head,
+the optional EMA teacher, pseudo-label diagnostics, and a checkpointed state.
+
+A method subclass sets `name`, `head` ('multilabel' | 'twohead'), `Options` (a dataclass; the config's
+`options:` mapping is validated against it) and implements `unlabeled_loss`. Its state (running
+thresholds, distributions) lives in `self.state` (a dict of tensors/lists) and is saved in every checkpoint
+by the Trainer through `state_dict` / `load_state_dict`, never smuggled in as model buffers.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..config import from_dict
+from ..errors import UsclfError
+from ..eval.clustering import combination_vocabulary
+from ..eval.pseudo_diagnostics import PseudoLabelDiagnostics
+from ..losses.fixmatch import IGNORE_INDEX, fixmatch_total, twohead_labeled
+from ..losses.supervised import multilabel_bce
+
+
+@dataclass
+class NoOptions:
+    """This method has no options of its own."""
+
+
+@dataclass
+class MethodSetup:
+    """What a method is built from (shared FixMatch settings + the labelled data it may look at)."""
+    classes: list[str]
+    y_labeled: np.ndarray              # labelled train rows' 0/1 label matrix (N_l x C)
+    tau: float = 0.95
+    lambda_u: float = 1.0
+    min_count: int = 1
+    teacher: str = "student"           # student | ema: who makes the pseudo-labels
+    truth: np.ndarray | None = None    # per manifest row, NaN = unknown; diagnostics only
+
+
+def combo_targets(y: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+    """Vocabulary id of each labelled row's label set (N), IGNORE_INDEX for sets outside the vocabulary."""
+    hit = (y[:, None, :] == vocab[None].to(y)).all(dim=2)  # N x K
+    return torch.where(hit.any(dim=1), hit.float().argmax(dim=1), torch.full_like(hit[:, 0], IGNORE_INDEX,
+                                                                                  dtype=torch.long))
+
+
+def _part(out, a: int, b: int):
+    return tuple(o[a:b] for o in out) if isinstance(out, tuple) else out[a:b]
+
+
+class SemisupMethod:
+    """Base class; see the module doc."""
+    name: ClassVar[str] = ""
+    head: ClassVar[str] = "multilabel"
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, setup: MethodSetup, options: dict | None = None):
+        self.setup = setup
+        self.options = from_dict(self.Options, dict(options or {}), prefix="options.")
+        self.check_options()
+        if setup.teacher not in ("student", "ema"):
+            raise UsclfError(f"teacher must be student or ema, got '{setup.teacher}'")
+        self.vocab: list[tuple[int, ...]] = []
+        self.n_ignored = 0
+        if self.head == "twohead":
+            self.vocab, index = combination_vocabulary(setup.y_labeled.astype(int), setup.min_count)
+            self.n_ignored = int((index < 0).sum())
+        self.vocab_t = torch.tensor(self.vocab, dtype=torch.float32) if self.vocab else None
+        self.diag = PseudoLabelDiagnostics(setup.classes, setup.truth)
+        self.state: dict[str, Any] = self.init_state()
+
+    # ------------------------------------------------------------ to override
+    def check_options(self) -> None:
+        """One-line errors for option values that cannot work."""
+
+    def init_state(self) -> dict[str, Any]:
+        return {}
+
+    def unlabeled_loss(self, out_weak, out_strong) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_u and info {'mask_rate', 'pseudo_ml' (N x C 0/1), 'mask_ml' (N x C bool)}."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ shared
+    def model_sizes(self) -> dict[str, int]:
+        c = len(self.setup.classes)
+        return {"num_classes": c} if self.head == "multilabel" else {"num_combos": len(self.vocab), "num_classes": c}
+
+    def meta(self) -> dict[str, Any]:
+        """What the model file records about the method."""
+        return {"method": self.name, "heads": "one" if self.head == "multilabel" else "two",
+                "vocab": [list(v) for v in self.vocab], "method_options": asdict(self.options)}
+
+    def labeled_loss(self, out, y: torch.Tensor):
+        if self.head == "multilabel":
+            return multilabel_bce(out, y), {}
+        combo, ml = out
+        return twohead_labeled(combo, ml, combo_targets(y, self.vocab_t), y)
+
+    def combo_to_labels(self, combo_ids: torch.Tensor) -> torch.Tensor:
+        """N x C label rows of vocabulary ids (two-head pseudo-labels as label sets)."""
+        return self.vocab_t.to(combo_ids.device)[combo_ids]
+
+    def __call__(self, model, batch, ctx):
+        """The Trainer's step: labelled, weak and strong images in ONE forward pass (BatchNorm sees one batch)."""
+        lab, unl = batch["labeled"], batch["unlabeled"]
+        x, y = lab["views"][0], lab["y"]
+        weak, strong = unl["views"]
+        nl, nu = x.shape[0], weak.shape[0]
+        out = model(torch.cat([x, weak, strong]))
+        l_sup, parts = self.labeled_loss(_part(out, 0, nl), y)
+        out_weak = _part(out, nl, nl + nu)
+        teacher = getattr(ctx, "ema", None) if ctx is not None else None
+        if self.setup.teacher == "ema":
+            if teacher is None:
+                raise UsclfError("teacher=ema needs train.ema (the EMA decay, e.g. 0.999)")
+            with torch.no_grad():
+                out_weak = teacher(weak)
+        l_u, info = self.unlabeled_loss(out_weak, _part(out, nl + nu, nl + 2 * nu))
+        metrics = {"loss_sup": l_sup.detach(), "loss_u": l_u.detach(), "mask_rate": info["mask_rate"],
+                   "n_unlabeled": float(nu)}
+        metrics.update({f"loss_{k}": v.detach() for k, v in parts.items()})
+        metrics.update({k: v for k, v in info.items() if k.startswith("thr/")})
+        if "row" in unl:
+            step = ctx.step if ctx is not None else len(self.diag.steps)
+            metrics.update(self.diag.update(step, info["pseudo_ml"], info["mask_ml"], unl["row"]))
+        return fixmatch_total(l_sup, l_u, self.setup.lambda_u), metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.state.items()},
+                "diag": self.diag.state_dict()}
+
+    def load_state_dict(self, sd: dict[str, Any]) -> None:
+        self.state = dict(sd["state"])
+        self.diag.load_state_dict(sd["diag"])
