@@ -42,7 +42,7 @@ def summarise(df: pd.DataFrame, by: list[str], value: str = "f1") -> pd.DataFram
 
 
 def run_study(name: str, out: Path, cells: list[dict], run_cell: Callable[[dict, Path, str], dict],
-              by: list[str], plot: Callable[[pd.DataFrame, Path], Path], params: dict,
+              by: list[str], plot: Callable[[pd.DataFrame, Path], Path] | None, params: dict,
               tracking_uri: str | None = None, progress: bool = True) -> pd.DataFrame:
     """Run every cell under one parent run; `run_cell(cell, cell_out, parent_run_id) -> {'f1': ...}`."""
     out.mkdir(parents=True, exist_ok=True)
@@ -60,10 +60,11 @@ def run_study(name: str, out: Path, cells: list[dict], run_cell: Callable[[dict,
         df = pd.DataFrame(rows)
         table = summarise(df, by)
         table.to_csv(out / "summary.csv", index=False)
-        fig = plot(df, out / f"{name}.png")
+        fig = plot(df, out / f"{name}.png") if plot is not None else None
         parent.log_metrics({f"mean_f1/{cell_name(dict(zip(by, r[by])))}": r["mean"] for _, r in table.iterrows()})
         for f in (done_path, out / "summary.csv", fig):
-            parent.log_artifact(f)
+            if f is not None:
+                parent.log_artifact(f)
     return df
 
 
