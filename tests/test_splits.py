@@ -208,3 +208,119 @@ def test_split_does_not_depend_on_the_hash_salt(tmp_path):
         df = split_dataset(out, SplitConfig(unlabeled=0.4, train=0.2, val=0.2, test=0.2, seed=3))
         paths.append(df.set_index("path")["split"].sort_index())
     assert paths[0].equals(paths[1])
+
+
+# --- label-stratified draw (issue "Splits that can measure anything") --------------------------------------
+
+LUNG = ["liver", "kidney", "spleen", "bladder", "other"]
+LUNG_SPLIT = dict(unlabeled=15, train=10, val=5, test=5)  # exams, as on the real 35-patient set
+
+
+def lung_manifest(rare=(4, 17, 29), two_exam=(3, 8, 21, 30), seed=0):
+    """35 patients (those in `two_exam` have two exams) with 3-7 labelled images per exam; organs at various
+    rates per patient, `bladder` only in the `rare` patients; `other` marks an image without any organ."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(35):
+        organs = {"liver": p % 5 != 0, "kidney": p % 2 == 0, "spleen": p % 4 == 1, "bladder": p in rare}
+        for e in range(2 if p in two_exam else 1):
+            for i in range(3 + (7 * p + e) % 5):
+                lab = {c: float(organs[c] and rng.random() < 0.7) for c in LUNG[:-1]}
+                lab["other"] = float(not any(lab.values()))
+                rows.append({"image_id": f"p{p}_e{e}_{i}", "path": f"p{p}/e{e}/{i}.png", "frame": 0,
+                             "exam_id": f"p{p}_e{e}", "patient_id": f"p{p}", "split": "unlabeled", **lab})
+    return pd.DataFrame(rows)
+
+
+def eval_gaps(out):
+    """(split, class) pairs with no positive image in val or test, counted from the rows themselves."""
+    return [(s, c) for s in ("val", "test") for c in LUNG if out.loc[out["split"] == s, c].sum() == 0]
+
+
+def test_stratified_draw_keeps_every_class_in_val_and_test_where_unstratified_fails():
+    df = lung_manifest()
+    assert df.groupby("patient_id")["bladder"].max().sum() == 3  # the rare class: 3 of 35 patients
+    failed = 0
+    for seed in range(11):
+        out = assign_splits(df, SplitConfig(**LUNG_SPLIT, seed=seed), LUNG)
+        assert eval_gaps(out) == [], seed
+        summary = out.attrs["split_summary"]
+        assert summary["warnings"] == []
+        assert all(summary["class_images"][s]["bladder"] > 0 for s in ("train", "val", "test"))  # one each
+        for s in ("train", "val", "test"):
+            assert summary["class_images"][s] == {c: int(out.loc[out["split"] == s, c].sum()) for c in LUNG}
+        plain = assign_splits(df, SplitConfig(**LUNG_SPLIT, seed=seed, stratify=False), LUNG)
+        failed += bool(eval_gaps(plain))
+        assert bool(eval_gaps(plain)) == bool(plain.attrs["split_summary"]["warnings"])
+    assert failed >= 1  # the same data defeats the unstratified draw (measured: all 11 seeds)
+
+
+@pytest.mark.parametrize("stratify", [True, False])
+def test_stratified_draw_is_patient_disjoint_with_exact_quotas(stratify):
+    df = lung_manifest()  # 39 exams: four patients hold two
+    for seed in range(11):
+        out = assign_splits(df, SplitConfig(**LUNG_SPLIT, seed=seed, stratify=stratify), LUNG)
+        check_manifest(out, LUNG)
+        assert out.groupby("patient_id")["split"].nunique().max() == 1
+        assert out.groupby("split")["exam_id"].nunique().to_dict() == LUNG_SPLIT
+        assert set(df.groupby("patient_id")["exam_id"].nunique().loc[lambda n: n > 1].index) & set(out["patient_id"])
+        assert out.groupby("patient_id")["exam_id"].nunique().to_dict() == \
+            df[df["patient_id"].isin(out["patient_id"])].groupby("patient_id")["exam_id"].nunique().to_dict()
+        assert out.attrs["split_summary"]["unused_exams"] == 4
+    # multi-exam patients (1-3 exams) and counts that use up every labelled exam
+    df = make_manifest(n_patients=40, labelled_every=1)
+    for seed in range(5):
+        out = assign_splits(df, SplitConfig(unlabeled=20, train=30, val=8, test=10, seed=seed, stratify=stratify),
+                            CLASSES)
+        exams = out.groupby("split")["exam_id"].nunique().to_dict()
+        assert {s: exams[s] for s in ("train", "val", "test")} == {"train": 30, "val": 8, "test": 10}
+        assert 20 <= exams["unlabeled"] < 20 + 3  # the unchanged fill: whole patients, one more if short
+        assert out.groupby("patient_id")["split"].nunique().max() == 1
+
+
+@pytest.mark.parametrize("stratify", [True, False])
+def test_split_depends_on_files_and_seed_only_not_ids_or_row_order(stratify):
+    import hashlib
+    df = lung_manifest()
+    cfg = SplitConfig(**LUNG_SPLIT, seed=5, stratify=stratify)
+    key = lambda d: dict(zip(d["image_id"], d["split"]))  # noqa: E731
+    ref = key(assign_splits(df, cfg, LUNG))
+    salted = df.copy()  # another salt: a different bijection of the ids, which reorders them
+    for col in ("exam_id", "patient_id"):
+        salted[col] = salted[col].map(lambda s: hashlib.sha256(f"other-salt:{s}".encode()).hexdigest()[:12])
+    assert key(assign_splits(salted, cfg, LUNG)) == ref
+    assert key(assign_splits(df.sample(frac=1, random_state=3), cfg, LUNG)) == ref
+    assert key(assign_splits(salted.sample(frac=1, random_state=4), cfg, LUNG)) == ref
+
+
+def test_a_class_that_cannot_be_placed_is_warned_about_and_printed():
+    from usclf.stages.cli_data import split_summary
+    df = lung_manifest(rare=(12,))  # bladder in one patient: val or test must go without it
+    df["spleen"] = 0.0              # and spleen nowhere
+    for seed in range(3):
+        out = assign_splits(df, SplitConfig(**LUNG_SPLIT, seed=seed), LUNG)
+        warnings = out.attrs["split_summary"]["warnings"]
+        gaps = eval_gaps(out)
+        assert ("val", "spleen") in gaps and ("test", "spleen") in gaps and len(gaps) == 3
+        assert len(warnings) == 3
+        assert "class spleen has no positive image in val: its threshold will be a fallback" in warnings
+        assert "class spleen has no positive image in test: its F1 is undefined and it is left out of the " \
+               "weighted average" in warnings
+        assert ("val", "bladder") in gaps or ("test", "bladder") in gaps
+        text = split_summary(out).splitlines()
+        assert [line for line in text if line.startswith("warning: ")] == [f"warning: {w}" for w in warnings]
+        header = next(i for i, line in enumerate(text) if line.split() == LUNG)
+        for s, line in zip(("train", "val", "test"), text[header + 1:header + 4]):
+            assert line.split() == [s, *(str(out.attrs["split_summary"]["class_images"][s][c]) for c in LUNG)]
+    clean = assign_splits(lung_manifest(), SplitConfig(**LUNG_SPLIT), LUNG)
+    assert not [line for line in split_summary(clean).splitlines() if "warning" in line]
+
+
+def test_stratified_draw_is_deterministic_per_seed():
+    df = lung_manifest()
+    runs = {seed: [dict(zip(o["image_id"], o["split"])) for o in
+                   (assign_splits(df, SplitConfig(**LUNG_SPLIT, seed=seed), LUNG) for _ in range(2))]
+            for seed in range(6)}
+    assert all(a == b for a, b in runs.values())
+    tests = {tuple(sorted(k for k, s in a.items() if s == "test")) for a, _ in runs.values()}
+    assert len(tests) >= 4  # the seed still chooses among the stratified draws

@@ -1,10 +1,12 @@
-"""Patient-disjoint, seeded splits and nested label fractions (DESIGN section 3 "Splits").
+"""Patient-disjoint, label-stratified, seeded splits and nested label fractions (DESIGN section 3 "Splits").
 
 Sizes are fractions of all exams (< 1) or exam counts (>= 1). With `labeled_only_for_eval` (default)
 train/val/test are drawn from patients that have labelled exams and `unlabeled` is filled with the
 label-free exams first, then with left-over labelled exams whose labels are stripped. When all four sizes
 are fractions summing to 1, `unlabeled` takes every exam left, so rounding never drops data. Exams beyond
-every quota are left out of the manifest (counted in the summary).
+every quota are left out of the manifest (counted in the summary). With `stratify` (default) patients are
+drawn so that small val/test splits keep a positive of every class where the data allows (`stratify.py`);
+the summary warns about each class that val or test still lacks.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import pandas as pd
 from ..errors import UsclfError
 from .cache import MANIFEST, open_dataset
 from .manifest import SPLITS, check_manifest, write_manifest
+from .stratify import stratified_take
 
 # Paper Sec. 3.1: 6549 unlabelled, 224 labelled-train, 77 val, 101 test exams (6951 in all).
 _PAPER = {"unlabeled": 6549, "train": 224, "val": 77, "test": 101}
@@ -34,6 +37,7 @@ class SplitConfig:
     by: str = "patient"          # paper: patients never straddle splits; "exam" for data without patient ids
     seed: int = 0
     labeled_only_for_eval: bool = True   # False: label-blind draw (every drawn exam must carry labels)
+    stratify: bool = True        # False: the unstratified greedy draw in seeded order (kept for comparison)
 
 
 def _quota(value: float, n_total: int, name: str) -> int:
@@ -132,11 +136,20 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, classes: list[str]) -> pd.
         pool = list(order)
         size = {p: len(exams_of[p]) for p in pool}
 
+    drawn = (lambda p: lab_exams[p]) if cfg.labeled_only_for_eval else (lambda p: exams_of[p])
+    if cfg.stratify:
+        pos = df[classes].fillna(0).groupby(df["exam_id"]).sum()  # positive images per exam and class
+        counts = {p: pos.loc[drawn(p)].to_numpy().sum(0) for p in pool}
+        taken_in = stratified_take(pool, size, counts, {k: quota[k] for k in ("test", "val", "train")},
+                                   spare=sum(size.values()) - need)
+    else:
+        taken_in = {}
+        for name in ("test", "val", "train"):
+            taken_in[name], pool = _take(pool, size, quota[name])
     split_of_exam: dict[str, str] = {}
-    for name in ("test", "val", "train"):
-        taken, pool = _take(pool, size, quota[name])
+    for name, taken in taken_in.items():
         for p in taken:
-            for e in (lab_exams[p] if cfg.labeled_only_for_eval else exams_of[p]):
+            for e in drawn(p):
                 split_of_exam[e] = name
     chosen = {exam_group[e] for e in split_of_exam}
     unl_pool = [p for p in order if p not in chosen and not lab_exams[p]]
@@ -167,8 +180,19 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, classes: list[str]) -> pd.
         "stripped_labelled_exams": int(df.loc[stripped, "exam_id"].nunique()),
         "dropped_rows": int((~keep).sum()),
         "unused_exams": unused_exams,
+        "class_images": {s: {c: int(out.loc[out["split"] == s, c].sum()) for c in classes}
+                         for s in ("train", "val", "test")},
     }
+    out.attrs["split_summary"]["warnings"] = _class_warnings(out.attrs["split_summary"], classes)
     return out
+
+
+def _class_warnings(summary: dict, classes: list[str]) -> list[str]:
+    """One line per class without a positive image in a non-empty val or test split (DESIGN section 5)."""
+    why = {"val": "its threshold will be a fallback",
+           "test": "its F1 is undefined and it is left out of the weighted average"}
+    return [f"class {c} has no positive image in {s}: {why[s]}" for c in classes for s in ("val", "test")
+            if summary["exams"][s] and summary["class_images"][s][c] == 0]
 
 
 def exam_order(df: pd.DataFrame) -> np.ndarray:
