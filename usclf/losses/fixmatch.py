@@ -102,3 +102,15 @@ def twohead_labeled(
 def fixmatch_total(l_sup: Tensor, l_u: Tensor, lambda_u: float = 1.0) -> Tensor:
     """L = L_sup + lambda_u * L_u (lambda_u = 1: FixMatch default)."""
     return l_sup + lambda_u * l_u
+
+
+def masked_hard_ce(logits_strong: Tensor, pseudo: Tensor, mask: Tensor) -> Tensor:
+    """CE of the strong-view logits to hard pseudo-labels, masked rows counting 0, mean over ALL rows."""
+    if logits_strong.dim() != 2 or pseudo.shape != (logits_strong.shape[0],) or mask.shape != pseudo.shape:
+        raise UsclfError(f"masked CE: logits {tuple(logits_strong.shape)}, pseudo {tuple(pseudo.shape)} and "
+                         f"mask {tuple(mask.shape)} must be N x K, N and N")
+    if logits_strong.shape[0] == 0:
+        raise UsclfError("masked CE: empty unlabelled batch (N = 0)")
+    with torch.autocast(device_type=logits_strong.device.type, enabled=False):
+        per_row = F.cross_entropy(upcast(logits_strong), pseudo.long(), reduction="none")
+        return (per_row * mask.to(per_row.dtype)).mean()

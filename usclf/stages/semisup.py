@@ -12,7 +12,8 @@ labelled rows and makes the predictions. A fixed number of steps (paper: 5000) w
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,9 @@ class SemisupConfig:
     unlabeled_exams: int | None = None   # exams per unlabelled batch; null = round(mu * B / mean images per exam)
     min_count: int = 1                   # two-head vocabulary: label sets seen >= min_count times (DESIGN §4)
     eval_every: int = 250                # steps between validations (not in the paper: 20 per 5000-step run)
+    # Schedule rule (ours): with labeled_epochs E the run lasts max(train.max_steps, ceil(E * n_labelled / B))
+    # steps, so the labelled stream gets at least the E epochs a supervised run would; null = train.max_steps.
+    labeled_epochs: float | None = None
     label_fraction: float = 1.0          # share of labelled train exams used (paper Fig. 6: 0.1/0.2/0.5/1.0)
     fraction_seed: int | None = None     # seed of the nested label subset; null = train.seed
     unlabeled_splits: list[str] = field(default_factory=lambda: ["unlabeled"])
@@ -68,6 +72,8 @@ def check_config(cfg: SemisupConfig) -> None:
         raise UsclfError(f"unlabeled_exams must be >= 1 or null, got {cfg.unlabeled_exams}")
     if not 0.0 <= cfg.tau <= 1.0 or cfg.lambda_u < 0:
         raise UsclfError(f"need 0 <= tau <= 1 and lambda_u >= 0 (got tau={cfg.tau}, lambda_u={cfg.lambda_u})")
+    if cfg.labeled_epochs is not None and not cfg.labeled_epochs > 0:
+        raise UsclfError(f"labeled_epochs must be > 0 or null, got {cfg.labeled_epochs}")
     if cfg.teacher == "ema" and not cfg.train.ema:
         raise UsclfError("teacher=ema needs train.ema (an EMA decay such as 0.999)")
     leak = sorted(set(cfg.unlabeled_splits) & {"val", "test"})
@@ -87,6 +93,14 @@ def unlabeled_rows(ds, splits: list[str], labelled: np.ndarray, train_rest: bool
     if len(rows) == 0:
         raise UsclfError(f"no unlabelled images in split(s) {', '.join(splits)} of {ds.root}")
     return rows
+
+
+def schedule(cfg: SemisupConfig, n_labeled: int) -> TrainConfig:
+    """The TrainConfig of this run: `train.max_steps`, raised by the `labeled_epochs` rule when set."""
+    if cfg.labeled_epochs is None:
+        return cfg.train
+    steps = math.ceil(cfg.labeled_epochs * n_labeled / cfg.data.batch_size)
+    return replace(cfg.train, max_steps=max(int(cfg.train.max_steps or 0), steps))
 
 
 def build_method(cfg: SemisupConfig, ds, lab_rows: np.ndarray) -> SemisupMethod:
@@ -118,6 +132,7 @@ def semisup(cfg: SemisupConfig, resume: bool = False, tracking_uri: str | None =
     labeled = UltrasoundDataset(ds, lab_rows, views=("weak",), aug=cfg.augment)
     unlabeled = unlabeled_dataset(ds, unl_rows, cfg.augment)
     b, cap = cfg.data.batch_size, cfg.data.max_images_per_exam
+    train_cfg = schedule(cfg, len(lab_rows))
     t_u = cfg.unlabeled_exams or unlabeled_exams_per_step(unlabeled.exam_ids, cfg.mu, b, cap)
     loader = fixmatch_loader(labeled, unlabeled, b, t_u, cap, cfg.eval_every, seed=cfg.train.seed,
                              rank=dist.rank, world_size=dist.world_size, workers=cfg.data.workers, pin_memory=True)
@@ -126,7 +141,7 @@ def semisup(cfg: SemisupConfig, resume: bool = False, tracking_uri: str | None =
               "init_kind": init_kind(cfg.model.init), "fraction": cfg.label_fraction, "seed": cfg.train.seed,
               "fraction_seed": fseed, "data_hash": dhash, "tau": cfg.tau, "lambda_u": cfg.lambda_u, "mu": cfg.mu,
               "unlabeled_exams_per_step": t_u, "K": len(vocab), "n_train_images": len(lab_rows),
-              "n_ignored_label_sets": method.n_ignored, "teacher": cfg.teacher,
+              "n_ignored_label_sets": method.n_ignored, "teacher": cfg.teacher, "max_steps": train_cfg.max_steps,
               "n_unlabeled_images": len(unl_rows),
               "config": to_dict(cfg)}
     tags = {"stage": "semisup", "method": cfg.method, "init": init_kind(cfg.model.init), "fraction": cfg.label_fraction}
@@ -134,7 +149,7 @@ def semisup(cfg: SemisupConfig, resume: bool = False, tracking_uri: str | None =
     with Tracker(tracking_uri, cfg.experiment, f"semisup-{cfg.method}-{init_kind(cfg.model.init)}-f"
                  f"{cfg.label_fraction}-seed{cfg.train.seed}", params, tags, parent_run_id,
                  enabled=dist.is_main) as tracker:
-        trainer = Trainer(model, cfg.train, method, out / "checkpoints", tracker, on_epoch_end=val)
+        trainer = Trainer(model, train_cfg, method, out / "checkpoints", tracker, on_epoch_end=val)
         result = trainer.fit(loader, resume=resume)
         if trainer.ema is not None and not (cfg.train.restore_best and result.best_epoch is not None):
             # no best-val weights restored: predict with the EMA weights, as FixMatch does
