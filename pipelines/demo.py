@@ -1,4 +1,4 @@
-"""`make demo`: the whole usclf story on simulated exams, sized for a 2-core CPU (about 15 minutes).
+"""`make demo`: the whole usclf story on simulated exams, sized for a 2-core CPU (about 6 minutes).
 
 simulate -> ingest (+ patient-disjoint split) -> pretrain LSD -> evaluate clusters (report, t-SNE, gallery)
 -> supervised fine-tuning and two-head FixMatch from the LSD weights at two label fractions
@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder (recreated)")
     p.add_argument("--exams", type=int, default=120, help="simulated exams for training/evaluation")
-    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.5], help="label fractions to train at")
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2], help="label fractions to train at")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="extra overrides for every training stage (e.g. train.device=cpu)")
@@ -115,6 +115,7 @@ def main(argv=None) -> int:
     print(f"cluster gallery: {ev['out'] / 'gallery' / 'gallery.html'}")
     print(f"label fractions: {out / 'label_fractions.png'}")
     print(f"predictions:     {pred.out} and {pred.exams}")
+    print(f"pseudo-labels:   {out / f'fixmatch-twohead_f{args.fractions[0]:g}' / 'diagnostics' / 'pseudo_labels.png'}")
     print(f"MLflow DB:       {out / 'mlflow.db'}")
     print(f"browse runs:     .venv/bin/mlflow ui --backend-store-uri {uri}")
     return 0

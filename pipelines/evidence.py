@@ -162,7 +162,8 @@ def run(cfg: EvidenceConfig, tracking_uri: str | None = None, progress: bool = T
     pre_df.to_csv(out / "pretrain.csv", index=False)
     runs = res.assign(seed=res["split_seed"] * 1000 + res["seed"])  # one point per (split, seed) pair
     plot_label_fraction_curves(runs, out / "label_fractions.png", "test weighted F1 (mean, 95% CI over seeds x splits)")
-    (out / "wall_time.txt").write_text(f"{(time.time() - t0) / 60:.1f} min\n")
+    if not (out / "wall_time.txt").is_file():  # a re-run that only skips finished cells keeps the first time
+        (out / "wall_time.txt").write_text(f"{(time.time() - t0) / 60:.1f} min\n")
     print(f"evidence run done in {(time.time() - t0) / 60:.1f} min -> {out}")
     return res
 

@@ -176,7 +176,7 @@ def test_method_state_survives_kill_and_resume(dataset, tmp_path):
             if ctx.step == kill_at:
                 raise KeyboardInterrupt
             return inner(m, batch, ctx)
-        method.__call__ = killable  # instance attribute: the Trainer calls step_fn(...) via the class
+        # a step_fn that dies at `kill_at` but checkpoints the method's state like the method itself
         step = type("Killable", (), {"__call__": lambda self, *a: killable(*a),
                                      "state_dict": method.state_dict, "load_state_dict": method.load_state_dict})()
         cfg = TrainConfig(max_steps=6, ckpt_every=1, progress=False, optim=OptimConfig(lr=1e-3), seed=2)
