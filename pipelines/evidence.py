@@ -27,6 +27,7 @@ from usclf.data.simulate import SimulateConfig, simulate  # noqa: E402
 from usclf.data.splits import SplitConfig, split_dataset  # noqa: E402
 from usclf.errors import UsclfError  # noqa: E402
 from usclf.eval.plots import plot_label_fraction_curves  # noqa: E402
+from usclf.stages.cli_data import split_summary  # noqa: E402
 from usclf.stages.finetune import FinetuneConfig, finetune  # noqa: E402
 from usclf.stages.pretrain import PretrainConfig, pretrain  # noqa: E402
 from usclf.stages.semisup import SemisupConfig, semisup  # noqa: E402
@@ -150,7 +151,8 @@ def run(cfg: EvidenceConfig, tracking_uri: str | None = None, progress: bool = T
     data = prepare_data(cfg, out)
     results, pre = [], []
     for ss in cfg.split_seeds:
-        split_dataset(data, SplitConfig(**{**to_dict(cfg.split), "seed": ss}))
+        split = split_dataset(data, SplitConfig(**{**to_dict(cfg.split), "seed": ss}))
+        print(f"split seed {ss}:\n{split_summary(split)}")
         sdir = out / f"split{ss}"
         p = _pretrain_cells(cfg, data, ss, sdir / "pretrain", tracking_uri)
         pre.append(p.assign(split_seed=ss))

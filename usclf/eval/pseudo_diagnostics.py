@@ -15,7 +15,7 @@ import torch
 
 from ..data.cache import MANIFEST
 
-COUNTS = ("accepted", "tp", "truth_pos", "known")
+COUNTS = ("accepted", "tp", "truth_pos", "known", "accepted_known")
 
 
 def truth_labels(ds) -> np.ndarray:
@@ -48,16 +48,17 @@ class PseudoLabelDiagnostics:
         acc_pos = m & p
         out = {"pl/accepted_pos": float(acc_pos.sum())}
         if self.truth is None:
-            counts = np.stack([acc_pos.sum(0), np.zeros(p.shape[1]), np.zeros(p.shape[1]), np.zeros(p.shape[1])])
+            counts = np.vstack([acc_pos.sum(0), np.zeros((4, p.shape[1]))])
         else:
             t = self.truth[rows.detach().cpu().numpy()]
             known = ~np.isnan(t)
             pos = known & (np.nan_to_num(t) > 0.5)
             tp = acc_pos & pos
-            counts = np.stack([acc_pos.sum(0), tp.sum(0), pos.sum(0), known.sum(0)])
+            # precision counts only accepted entries whose truth is known (real data: labelled frames only)
+            counts = np.stack([acc_pos.sum(0), tp.sum(0), pos.sum(0), known.sum(0), (acc_pos & known).sum(0)])
             right = (m & known & (p == pos)).sum()
             judged = (m & known).sum()
-            out.update({"pl/precision": _ratio(tp.sum(), acc_pos.sum()), "pl/recall": _ratio(tp.sum(), pos.sum()),
+            out.update({"pl/precision": _ratio(tp.sum(), (acc_pos & known).sum()), "pl/recall": _ratio(tp.sum(), pos.sum()),
                         "pl/accuracy": _ratio(right, judged)})
         self.steps.append(int(step))
         self.mask_rate.append(float(m.any(1).mean()) if len(m) else 0.0)
@@ -83,7 +84,7 @@ class PseudoLabelDiagnostics:
             s = c[sl].sum(0)
             for j, name in enumerate(self.classes):
                 rows.append({"step": int(steps[sl][-1]) + 1, "class": name, "accepted": int(s[0, j]),
-                             "precision": _ratio(s[1, j], s[0, j]) if self.truth is not None else np.nan,
+                             "precision": _ratio(s[1, j], s[4, j]) if self.truth is not None else np.nan,
                              "recall": _ratio(s[1, j], s[2, j]) if self.truth is not None else np.nan,
                              "mask_rate": float(np.mean(self.mask_rate[sl]))})
         return pd.DataFrame(rows)
