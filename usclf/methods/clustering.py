@@ -15,9 +15,6 @@ class PICA:
             raise UsclfError(f"lam (lambda) must be >= 0, got {lam}")
         self.lam, self.epsilon = float(lam), float(epsilon)
 
-    def params(self) -> dict:
-        return {"lambda": self.lam}
-
     def loss(self, x, y):
         return pica_loss(x, y, lam=self.lam)
 
@@ -30,9 +27,6 @@ class LSD(PICA):
         super().__init__(lam, epsilon)
         if not epsilon > 0:
             raise UsclfError(f"LSD needs alpha = 1 + epsilon > 1; got epsilon={epsilon}")
-
-    def params(self) -> dict:
-        return {"lambda": self.lam, "alpha": 1.0 + self.epsilon}
 
     def loss(self, x, y):
         return lsd_loss(x, y, lam=self.lam, alpha=1.0 + self.epsilon)

@@ -37,6 +37,7 @@ class MethodSetup:
     min_count: int = 1
     teacher: str = "student"           # student | ema: who makes the pseudo-labels
     truth: np.ndarray | None = None    # per manifest row, NaN = unknown; diagnostics only
+    diagnostics: bool = True           # False: no per-step pseudo-label bookkeeping (no host copy per step)
 
 
 def combo_targets(y: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,7 @@ class SemisupMethod:
                    "n_unlabeled": float(nu)}
         metrics.update({f"loss_{k}": v.detach() for k, v in parts.items()})
         metrics.update({k: v for k, v in info.items() if k.startswith("thr/")})
-        if "row" in unl:
+        if self.setup.diagnostics and "row" in unl:
             step = ctx.step if ctx is not None else len(self.diag.steps)
             metrics.update(self.diag.update(step, info["pseudo_ml"], info["mask_ml"], unl["row"]))
         return fixmatch_total(l_sup, l_u, self.setup.lambda_u), metrics

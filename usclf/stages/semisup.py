@@ -107,7 +107,8 @@ def build_method(cfg: SemisupConfig, ds, lab_rows: np.ndarray) -> SemisupMethod:
     """The configured method, built from the labelled rows (and the truth, for diagnostics only)."""
     truth = truth_labels(ds) if cfg.diagnostics else None
     setup = MethodSetup(classes=list(ds.classes), y_labeled=ds.labels(lab_rows).astype(int), tau=cfg.tau,
-                        lambda_u=cfg.lambda_u, min_count=cfg.min_count, teacher=cfg.teacher, truth=truth)
+                        lambda_u=cfg.lambda_u, min_count=cfg.min_count, teacher=cfg.teacher, truth=truth,
+                        diagnostics=cfg.diagnostics)
     return method_class("semisup", cfg.method)(setup, cfg.options)
 
 
