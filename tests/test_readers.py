@@ -219,3 +219,93 @@ def test_jpeg_compressed_multiframe_ybr_dicom(tmp_path):
     got, skips = frames_of(tmp_path / "jpeg.dcm")
     assert not skips and [f.array.shape for f in got] == [(24, 32, 3)] * 3
     assert [int(f.array.mean()) for f in got] == [30, 90, 150]
+
+
+# ------------------------------------------------- corrupt JPEG scans, tiny frames, 12-bit PNG, resize modes
+def _textured(h=96, w=128, seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.clip((xx + yy) % 200 + rng.normal(0, 20, (h, w)), 0, 255).astype(np.uint8)
+
+
+def test_jpeg_with_lost_scan_data_but_end_marker_is_skipped(tmp_path):
+    img = _textured()
+    data = cv2.imencode(".jpg", img)[1].tobytes()
+    sos = data.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")   # first byte of the entropy-coded data
+    n = len(data) - 2 - start
+    cut = data[:start + n // 3] + data[start + 2 * n // 3:]          # middle third gone, FFD9 kept
+    assert cut.endswith(b"\xff\xd9")
+    assert cv2.imdecode(np.frombuffer(cut, np.uint8), cv2.IMREAD_UNCHANGED) is not None  # cv2 keeps it
+    (tmp_path / "cut.jpg").write_bytes(cut)
+    frames, skips = frames_of(tmp_path / "cut.jpg")
+    assert not frames and skips[0].reason.startswith("corrupt JPEG data (libjpeg: ")
+    assert skips[0].reason == "corrupt JPEG data (libjpeg: premature end of data segment)"
+    (tmp_path / "ok.jpg").write_bytes(data)                          # the intact file still decodes
+    frames, skips = frames_of(tmp_path / "ok.jpg")
+    assert not skips and frames[0].array.shape == img.shape
+    assert np.abs(frames[0].array.astype(int) - img).mean() < 4
+    (tmp_path / "pad.jpg").write_bytes(data[:-2] + bytes(10) + data[-2:])  # padding after a whole scan
+    frames, skips = frames_of(tmp_path / "pad.jpg")
+    assert not skips and np.abs(frames[0].array.astype(int) - img).mean() < 4
+    bgr = np.zeros((32, 48, 3), np.uint8)
+    bgr[..., 2], bgr[:, :24, 1] = 200, 90                            # colour JPEG comes out as RGB
+    cv2.imwrite(str(tmp_path / "c.jpg"), bgr)
+    frames, skips = frames_of(tmp_path / "c.jpg")
+    assert not skips and frames[0].array.shape == (32, 48, 3)
+    assert np.abs(frames[0].array[20, 40].astype(int) - (200, 0, 0)).max() < 12
+
+
+def test_tiny_images_are_skipped(tmp_path):
+    cv2.imwrite(str(tmp_path / "dot.png"), np.full((1, 1), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "strip.jpg"), np.full((8, 40), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "ok.png"), _textured(16, 16))
+    assert frames_of(tmp_path / "dot.png")[1][0].reason == "image too small (1x1 px < 16 px)"
+    assert frames_of(tmp_path / "strip.jpg")[1][0].reason == "image too small (40x8 px < 16 px)"
+    assert frames_of(tmp_path / "ok.png")[0][0].array.shape == (16, 16)
+    frames, skips = frames_of(dicom(np.full((1, 1), 90, np.uint8), tmp_path / "dot.dcm"))
+    assert not frames and skips[0].reason == "image too small (1x1 px < 16 px)" and skips[0].frame_index is None
+    frames, skips = frames_of(dicom(np.zeros((3, 12, 40), np.uint8), tmp_path / "mf.dcm", sop=US_MF))
+    assert not frames and [s.reason for s in skips] == ["image too small (40x12 px < 16 px)"]
+
+
+def _png_with_sbit(arr: np.ndarray, bits: int | None) -> bytes:
+    """16-bit PNG from cv2, with an sBIT chunk put right after IHDR (8-byte signature + 25-byte IHDR)."""
+    import zlib
+    png = cv2.imencode(".png", arr)[1].tobytes()
+    if bits is None:
+        return png
+    body = bytes([bits])
+    chunk = len(body).to_bytes(4, "big") + b"sBIT" + body + zlib.crc32(b"sBIT" + body).to_bytes(4, "big")
+    return png[:33] + chunk + png[33:]
+
+
+@pytest.mark.parametrize("values, sbit, scale", [
+    (np.arange(4096), None, 4095),               # 12-bit data, no sBIT: the value range says 12 bits
+    (np.arange(4096), 12, 4095),                 # 12-bit data with sBIT 12
+    (np.arange(4096) % 1001, 12, 4095),          # dark 12-bit image: sBIT keeps it dark
+    (np.arange(4096) % 1001, None, 1023),        # ... without sBIT it looks like 10-bit data
+    (np.arange(4096) * 16 + np.arange(4096) // 256, 12, 65535),  # sBIT 12, samples scaled up (PNG spec)
+    (np.arange(4096) * 16, None, 65535),         # true 16-bit data: /257 as before
+])
+def test_16bit_png_scaled_by_significant_bits(tmp_path, values, sbit, scale):
+    a = values.astype(np.uint16).reshape(64, 64)
+    (tmp_path / "a.png").write_bytes(_png_with_sbit(a, sbit))
+    frames, skips = frames_of(tmp_path / "a.png")
+    assert not skips
+    want = np.floor(a.astype(np.float64) * 255.0 / scale + 0.5).astype(np.uint8)
+    assert np.abs(frames[0].array.astype(int) - want).max() <= 1
+    if values.max() >= 4095:
+        assert frames[0].array.max() >= 250
+
+
+def test_prepare_frame_resize_pad_or_stretch():
+    rect = np.full((40, 80), 200, np.uint8)                          # 2:1
+    for crop in (False, True):
+        pad, _ = prepare_frame(rect, 32, crop=crop, resize="pad")
+        assert pad.shape == (32, 32) and pad[:8].max() == 0 and pad[24:].max() == 0 and pad[8:24].min() == 200
+        stretch, _ = prepare_frame(rect, 32, crop=crop, resize="stretch")
+        assert stretch.shape == (32, 32) and stretch.min() == 200
+    assert prepare_frame(rect, 32)[0].tolist() == prepare_frame(rect, 32, resize="pad")[0].tolist()
+    with pytest.raises(ValueError, match="resize"):
+        prepare_frame(rect, 32, resize="crop")

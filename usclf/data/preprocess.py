@@ -1,12 +1,18 @@
 """Frame clean-up for the cache: colour-Doppler detection, grey conversion, scan-region crop, resize.
 
 `prepare_frame` is the one entry point used by ingest and the adapters: RGB/gray uint8 frame in,
-`size x size` uint8 gray frame out, or None with a reason (colour Doppler, blank frame).
+`size x size` uint8 gray frame out, or None with a reason (colour Doppler, blank frame). A scan region
+known from the file (DICOM ultrasound regions, see `usclf.data.readers`) is cropped to before the
+image-content crop.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from .readers import MIN_SIDE
+
+RESIZE_MODES = ("pad", "stretch")
 
 
 def coloured_fraction(rgb: np.ndarray, chroma: float) -> float:
@@ -94,19 +100,53 @@ def pad_square(img: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(img, top, s - h - top, left, s - w - left, cv2.BORDER_CONSTANT, value=0)
 
 
-def resize_square(img: np.ndarray, size: int) -> np.ndarray:
-    """Pad to square, then resize to size x size (INTER_AREA when shrinking, linear when enlarging)."""
-    sq = pad_square(img)
-    if sq.shape[0] == size:
+def resize_square(img: np.ndarray, size: int, mode: str = "pad") -> np.ndarray:
+    """To size x size: "pad" pads to square first (keeps the aspect), "stretch" resizes straight.
+
+    INTER_AREA when shrinking, linear when enlarging.
+    """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {mode!r}")
+    sq = pad_square(img) if mode == "pad" else img
+    h, w = sq.shape[:2]
+    if h == w == size:
         return np.ascontiguousarray(sq)
-    interp = cv2.INTER_AREA if sq.shape[0] > size else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if h * w > size * size else cv2.INTER_LINEAR
     return cv2.resize(sq, (size, size), interpolation=interp)
+
+
+def crop_region(img: np.ndarray, region) -> np.ndarray | None:
+    """Crop to (x0, y0, x1, y1), inclusive bounds; None when the box is off the frame or < MIN_SIDE."""
+    try:
+        x0, y0, x1, y1 = (int(v) for v in region)
+    except (TypeError, ValueError):
+        return None
+    h, w = img.shape[:2]
+    # some vendors write the max bounds exclusive (x1 == Columns): one pixel over is that, not an error
+    x1, y1 = (w - 1 if x1 == w else x1), (h - 1 if y1 == h else y1)
+    if not (0 <= x0 <= x1 < w and 0 <= y0 <= y1 < h):
+        return None
+    if min(x1 - x0 + 1, y1 - y0 + 1) < MIN_SIDE:
+        return None
+    return np.ascontiguousarray(img[y0:y1 + 1, x0:x1 + 1])
 
 
 def prepare_frame(arr: np.ndarray, size: int, crop: bool = True, doppler_chroma: float = 40.0,
                   doppler_fraction: float = 0.01, drop_doppler: bool = True,
-                  blank_threshold: int = 10) -> tuple[np.ndarray | None, str]:
-    """Decoded frame -> (size x size uint8 gray, '') or (None, reason)."""
+                  blank_threshold: int = 10, region=None, resize: str = "pad") -> tuple[np.ndarray | None, str]:
+    """Decoded frame -> (size x size uint8 gray, '') or (None, reason).
+
+    `region` (x0, y0, x1, y1), inclusive, e.g. the reader's meta["region"]: cropped to first (so the
+    Doppler fraction is measured inside it) when it lies inside the frame and is >= MIN_SIDE each way,
+    ignored otherwise; `crop` then still runs the image-content crop inside it. `resize`: "pad"
+    (black borders, keeps the aspect) or "stretch" (straight to size x size).
+    """
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+    if region is not None:
+        # before the Doppler test: colour legends and logos outside the scan region are not flow
+        inside = crop_region(arr, region)
+        arr = arr if inside is None else inside
     gray, reason = to_gray(arr, doppler_chroma, doppler_fraction, drop_doppler)
     if gray is None:
         return None, reason
@@ -114,4 +154,4 @@ def prepare_frame(arr: np.ndarray, size: int, crop: bool = True, doppler_chroma:
         if int(gray.max()) <= blank_threshold:
             return None, "blank frame (no scan region)"
         gray = crop_scan_region(gray, threshold=blank_threshold)
-    return resize_square(gray, size), ""
+    return resize_square(gray, size, resize), ""

@@ -1,33 +1,37 @@
 """Decode one file (DICOM, PNG, JPEG, BMP, TIFF) into frames, or say why it was skipped.
 
-`iter_frames(path)` never raises: every problem (empty, truncated, corrupt, non-ultrasound DICOM, an
-unexpected exception) becomes a `Skip` with a one-line reason. The format is detected by content, not
-by extension, so DICOM files without extension or without the 128-byte preamble are read.
+`iter_frames(path)` never raises: every problem (empty, truncated, corrupt, too small, non-ultrasound
+DICOM, an unexpected exception) becomes a `Skip` with a one-line reason. The format is detected by
+content, not by extension, so DICOM files without extension or without the 128-byte preamble are read.
 Frames are uint8, H x W (gray) or H x W x 3 (RGB); colour handling (Doppler, gray-as-RGB) is left to
-`usclf.data.preprocess`.
+`usclf.data.preprocess`. DICOM decoding lives in `usclf.data.dicom_decode`.
+
+Frame meta keys: every frame has `format` ('dicom', 'png', 'jpeg', 'image'), `region` and
+`pixel_spacing_mm`; DICOM frames add `patient_id, study_uid, modality, vendor, study_date, sop_class,
+transfer_syntax, n_frames`. `region` is (x0, y0, x1, y1), inclusive pixel bounds of the 2D scan region
+from the DICOM ultrasound region sequence, or None; `pixel_spacing_mm` is its x spacing, or None.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
-# SOP classes that hold ultrasound pictures: US Image / US Multi-frame (current and retired) and
-# Secondary Capture (single and multi-frame), as PACS exports of freeze frames often use SC.
-US_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.6.2",
-    "1.2.840.10008.5.1.4.1.1.3.1", "1.2.840.10008.5.1.4.1.1.3",
-}
-SC_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
-    "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4",
-}
+# Frames smaller than this on either side are icons, spacers or broken exports, not scans: the 5 px
+# blur and closing of the scan-region crop degenerate there and resizing would only enlarge noise.
+# Kept low so genuine small crops and thumbnails (>= 16 px) still pass.
+MIN_SIDE = 16
+
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIG = b"\xff\xd8\xff"
 _OTHER_IMAGE_SIGS = (b"BM", b"II*\x00", b"MM\x00*")  # BMP, TIFF (little / big endian)
+_DEPTHS = (8, 10, 12, 14, 16)                        # bit depths sensors and exporters use
+# libjpeg warnings that mean lost or garbled scan data; others (an odd JFIF version, padding bytes
+# after a complete scan: "extraneous bytes before marker") leave the picture whole
+_JPEG_CORRUPT = ("corrupt jpeg data", "premature end")
+_JPEG_BENIGN = ("extraneous bytes",)
 
 
 @dataclass
@@ -74,7 +78,8 @@ def iter_frames(path: str | Path) -> Iterator[Frame | Skip]:
             head = fh.read(132)
         kind = sniff(head)
         if kind == "dicom":
-            yield from _dicom_frames(path)
+            from .dicom_decode import dicom_frames  # imports this module: import late
+            yield from dicom_frames(path)
         elif kind in ("png", "jpeg", "image"):
             yield _raster_frame(path, kind)
         else:
@@ -88,42 +93,113 @@ def _err(e: BaseException) -> str:
     return f"error: {type(e).__name__}: {msg}"
 
 
+def too_small(width: int, height: int) -> str:
+    return f"image too small ({width}x{height} px < {MIN_SIDE} px)"
+
+
 # ---------------------------------------------------------------------------------------------- raster
 def _raster_frame(path: Path, kind: str) -> Frame | Skip:
     import cv2
 
     data = np.fromfile(path, dtype=np.uint8)
-    tail = data[-4096:].tobytes()
+    raw = data.tobytes()
     # cv2 silently returns a grey-filled picture for a truncated JPEG, so check the end markers first.
-    if kind == "png" and b"IEND" not in data[-64:].tobytes():
+    if kind == "png" and b"IEND" not in raw[-64:]:
         return Skip("truncated PNG (no IEND chunk)")
-    if kind == "jpeg" and b"\xff\xd9" not in tail:
+    if kind == "jpeg" and b"\xff\xd9" not in raw[-4096:]:
         return Skip("truncated JPEG (no end-of-image marker)")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        return Skip(f"corrupt {kind.upper() if kind != 'image' else 'image'} (cannot decode)")
-    img = _to_uint8(img)
-    if img.ndim == 3:
-        ch = img.shape[2]
-        if ch == 1:
-            img = img[:, :, 0]
-        elif ch == 2:                      # gray + alpha
-            img = img[:, :, 0]
-        elif ch == 3:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-        elif ch == 4:
-            img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-        else:
-            return Skip(f"unsupported image with {ch} channels")
-    return Frame(np.ascontiguousarray(img), 0, {"format": kind})
+    img = _decode_jpeg(raw) if kind == "jpeg" else None
+    if isinstance(img, str):
+        return Skip(img)
+    if img is None:  # not JPEG, or a JPEG that libjpeg-turbo's API cannot give as gray/RGB (CMYK, 12-bit)
+        img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if img is None or img.size == 0:
+            return Skip(f"corrupt {kind.upper() if kind != 'image' else 'image'} (cannot decode)")
+        bits = _uint16_bits(img, _png_sbit(raw) if kind == "png" else None) if img.dtype == np.uint16 else 16
+        img = _bgr_to_rgb(_to_uint8(img, bits))
+        if isinstance(img, str):
+            return Skip(img)
+    h, w = img.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        return Skip(too_small(w, h))
+    return Frame(np.ascontiguousarray(img), 0, {"format": kind, "region": None, "pixel_spacing_mm": None})
 
 
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    """uint16 -> /257 (full-range scaling); float or other -> per-image min-max."""
+def _bgr_to_rgb(img: np.ndarray) -> np.ndarray | str:
+    import cv2
+
+    if img.ndim != 3:
+        return img
+    ch = img.shape[2]
+    if ch in (1, 2):                       # gray (+ alpha)
+        return img[:, :, 0]
+    if ch == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if ch == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return f"unsupported image with {ch} channels"
+
+
+def _decode_jpeg(raw: bytes) -> np.ndarray | str | None:
+    """JPEG -> gray/RGB array, a skip reason for corrupt scan data, or None to let cv2 decode it."""
+    import simplejpeg
+
+    try:
+        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(raw)
+    except Exception:
+        return None
+    target = {"Gray": "GRAY", "CMYK": "CMYK", "YCCK": "CMYK"}.get(colorspace, "RGB")
+    # cv2 only prints libjpeg's "Corrupt JPEG data" warning and returns a grey-filled picture;
+    # libjpeg-turbo in strict mode (simplejpeg) raises it instead, so the check is libjpeg's own.
+    try:
+        img = simplejpeg.decode_jpeg(raw, target, strict=True)
+    except ValueError as e:
+        msg = " ".join(str(e).split())
+        low = msg.lower()
+        if any(k in low for k in _JPEG_CORRUPT) and not any(k in low for k in _JPEG_BENIGN):
+            detail = msg.split(":", 1)[1].strip() if low.startswith("corrupt jpeg data:") else msg
+            return f"corrupt JPEG data (libjpeg: {detail[:1].lower() + detail[1:]})"
+        try:
+            img = simplejpeg.decode_jpeg(raw, target, strict=False)
+        except Exception:
+            return None
+    if target == "CMYK":  # scan data checked; cv2 knows Adobe's inverted CMYK -> RGB
+        return None
+    return img[:, :, 0] if target == "GRAY" else img
+
+
+def _png_sbit(raw: bytes) -> int | None:
+    """Significant bits of the colour channels from a PNG's sBIT chunk (None without one)."""
+    pos = len(_PNG_SIG)
+    while pos + 8 <= len(raw):
+        n, kind = int.from_bytes(raw[pos:pos + 4], "big"), raw[pos + 4:pos + 8]
+        if kind == b"sBIT":
+            body = raw[pos + 8:pos + 8 + n]
+            colour_type = raw[25] if len(raw) > 25 else 0   # IHDR's colour type byte
+            return max(body[:3 if colour_type in (2, 3, 6) else 1], default=0) or None
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        pos += 12 + n
+    return None
+
+
+def _uint16_bits(img: np.ndarray, sbit: int | None) -> int:
+    """Bit depth a uint16 raster holds: sBIT when the data fit in it, else the smallest common depth."""
+    colour = img if img.ndim == 2 else img[..., :1 if img.shape[2] <= 2 else 3]
+    top = int(colour.max()) if colour.size else 0
+    if sbit and 8 <= sbit < 16:
+        # the PNG spec asks encoders to scale samples up to 16 bits; many exporters write them raw
+        return sbit if top < (1 << sbit) else 16
+    return next(d for d in _DEPTHS if top < (1 << d))
+
+
+def _to_uint8(img: np.ndarray, bits: int = 16) -> np.ndarray:
+    """uint16 -> scaled by a `bits`-bit full range (16: /257); float or other -> per-image min-max."""
     if img.dtype == np.uint8:
         return img
     if img.dtype == np.uint16:
-        return (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+        scale = 255.0 / float((1 << bits) - 1)
+        return np.clip(img.astype(np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
     return minmax_uint8(img)
 
 
@@ -134,151 +210,3 @@ def minmax_uint8(arr: np.ndarray) -> np.ndarray:
     if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
         return np.zeros(a.shape, np.uint8)
     return np.clip((a - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------------- DICOM
-def _dicom_frames(path: Path) -> Iterator[Frame | Skip]:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, force=True)
-    except (InvalidDicomError, EOFError, OSError, ValueError) as e:
-        yield Skip(f"corrupt DICOM ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
-        return
-    if not any(k in ds for k in ("SOPClassUID", "Modality", "Rows", "PixelData", "StudyInstanceUID")):
-        yield Skip("corrupt or truncated DICOM (no readable attributes)")
-        return
-    reason = _not_ultrasound(ds)
-    if reason:
-        yield Skip(reason)
-        return
-    if "PixelData" not in ds:
-        yield Skip("truncated DICOM (image attributes but no pixel data)" if "Rows" in ds
-                   else "DICOM without pixel data (e.g. a report)")
-        return
-    _ensure_transfer_syntax(ds)
-    meta = _dicom_meta(ds)
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    try:
-        _check_pixel_length(ds, n_frames)
-    except ValueError as e:
-        yield Skip(f"truncated DICOM pixel data ({e})")
-        return
-    from pydicom.pixels import iter_pixels
-
-    it = iter_pixels(ds)
-    for i in range(n_frames):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                arr = next(it)
-            yield Frame(_dicom_to_uint8(arr, ds, photometric), i, dict(meta, n_frames=n_frames))
-        except StopIteration:
-            yield Skip("DICOM has fewer frames than NumberOfFrames", i)
-        except Exception as e:  # a broken frame skips that frame (and the rest, as the stream is lost)
-            yield Skip(_err(e), i)
-            for j in range(i + 1, n_frames):
-                yield Skip("not decoded after an earlier frame failed", j)
-            return
-
-
-def _not_ultrasound(ds) -> str | None:
-    modality = str(ds.get("Modality", "") or "").strip().upper()
-    sop = str(ds.get("SOPClassUID", "") or "").strip()
-    if modality == "US" or sop in US_SOP_CLASSES:
-        return None
-    if modality in ("", "OT", "SC") and (sop in SC_SOP_CLASSES or sop == ""):
-        return None
-    what = f"Modality {modality}" if modality else f"SOP class {sop}"
-    return f"not ultrasound ({what})"
-
-
-def _ensure_transfer_syntax(ds) -> None:
-    """Raw datasets (no file meta) need the transfer syntax they were read with to decode pixels."""
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    fm = getattr(ds, "file_meta", None)
-    if fm is not None and "TransferSyntaxUID" in fm:
-        return
-    if fm is None:
-        ds.file_meta = fm = FileMetaDataset()
-    implicit, little = ds.original_encoding
-    if implicit is None:
-        implicit, little = True, True
-    fm.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
-                            ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
-
-
-def _check_pixel_length(ds, n_frames: int) -> None:
-    """Native pixel data shorter than rows x cols x samples x bits x frames means a truncated file."""
-    if ds.file_meta.TransferSyntaxUID.is_compressed:
-        return
-    rows, cols = int(ds.Rows), int(ds.Columns)
-    spp, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
-    expected = rows * cols * spp * n_frames * bits // 8
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    if photometric == "YBR_FULL_422":
-        expected = expected // 3 * 2
-    got = len(ds.PixelData)
-    if got < expected:
-        raise ValueError(f"{got} of {expected} bytes")
-
-
-def _dicom_meta(ds) -> dict[str, Any]:
-    def s(name: str) -> str:
-        v = ds.get(name, "")
-        return str(v).strip() if v is not None else ""
-
-    date = s("StudyDate")
-    if len(date) == 8 and date.isdigit():
-        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-    return {"format": "dicom", "patient_id": s("PatientID"), "study_uid": s("StudyInstanceUID"),
-            "modality": s("Modality"), "vendor": s("Manufacturer"), "study_date": date,
-            "sop_class": s("SOPClassUID")}
-
-
-def _dicom_to_uint8(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
-    """One decoded frame -> uint8 gray or RGB (YBR was already converted to RGB by pydicom)."""
-    if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-        return np.ascontiguousarray(_to_uint8(apply_color_lut(arr, ds)))
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.dtype != np.uint8:
-        arr = _window_uint8(arr, ds) if arr.ndim == 2 else _rgb_uint8(arr, ds)
-    if photometric == "MONOCHROME1":
-        arr = 255 - arr
-    return np.ascontiguousarray(arr)
-
-
-def _first(v) -> float | None:
-    if v is None or v == "":
-        return None
-    try:
-        return float(v[0]) if hasattr(v, "__len__") and not isinstance(v, str) else float(v)
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
-def _window_uint8(arr: np.ndarray, ds) -> np.ndarray:
-    """Gray > 8 bit: rescale slope/intercept, then the DICOM window if given, else per-frame min-max."""
-    a = arr.astype(np.float32) * float(_first(ds.get("RescaleSlope")) or 1.0) \
-        + float(_first(ds.get("RescaleIntercept")) or 0.0)
-    c, w = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
-    if c is None or w is None or w <= 1:
-        return minmax_uint8(a)
-    # DICOM PS3.3 C.11.2.1.2 linear window
-    y = ((a - (c - 0.5)) / (w - 1.0) + 0.5) * 255.0
-    return np.clip(y + 0.5, 0, 255).astype(np.uint8)
-
-
-def _rgb_uint8(arr: np.ndarray, ds) -> np.ndarray:
-    """16-bit colour: scale by the stored bit depth so channels keep their relative values."""
-    bits = int(ds.get("BitsStored", 16) or 16)
-    scale = 255.0 / float((1 << bits) - 1)
-    return np.clip(arr.astype(np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
