@@ -239,8 +239,12 @@ def test_resume_with_another_architecture_is_refused(tmp_path):
 def test_bad_inputs_are_one_line_errors(tmp_path):
     with pytest.raises(UsclfError, match="no batches"):
         Trainer(tiny_model(), cfg(), step_fn, tmp_path).fit([])
-    with pytest.raises(UsclfError, match="unknown optimizer"):
-        Trainer(tiny_model(), cfg(optim=OptimConfig(name="lion")), step_fn, tmp_path).fit(_seeded_loader())
+    with pytest.raises(UsclfError, match="optim.name must be one of adam, adamw, sgd"):
+        OptimConfig(name="lion")  # refused when the config is built, before anything is written
+    with pytest.raises(UsclfError, match="train.optim.lr must be >= 0, got -0.1"):
+        OptimConfig(lr=-0.1)
+    with pytest.raises(UsclfError, match="train.epochs must be >= 1"):
+        cfg(epochs=0)
     with pytest.raises(UsclfError, match="must return"):
         Trainer(tiny_model(), cfg(), lambda m, b, c: 1.0, tmp_path).fit(_seeded_loader())
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,12 +52,36 @@ def open_dataset(root: str | Path, manifest: str | Path | None = None) -> Cached
         raise UsclfError(f"manifest for {root} has no cache_row column")
     if len(df) and int(df["cache_row"].max()) >= len(images):
         raise UsclfError(f"manifest refers to cache row {int(df['cache_row'].max())} but the cache has {len(images)}")
+    if manifest is not None and Path(manifest).resolve() != (root / MANIFEST).resolve() and (root / MANIFEST).is_file():
+        _check_same_ingest(df, read_manifest(root / MANIFEST), Path(manifest), root)
     return CachedDataset(root=root, images=images, manifest=df.reset_index(drop=True),
                          classes=list(meta["classes"]), meta=meta)
 
 
+def _check_same_ingest(split: pd.DataFrame, base: pd.DataFrame, path: Path, root: Path) -> None:
+    """A split manifest must describe this ingest's cache: every row's image id, file hash and cache row as in
+    `manifest.csv`. A split file left from an earlier ingest into the same folder fails here."""
+    keys = [c for c in ("image_id", "sha1", "cache_row") if c in split.columns and c in base.columns]
+    if "image_id" not in keys or "cache_row" not in keys:
+        return
+    a = split[keys].astype(str).agg("|".join, axis=1)
+    b = set(base[keys].astype(str).agg("|".join, axis=1))
+    stale = ~a.isin(b)
+    if stale.any():
+        raise UsclfError(f"{path.name} does not match the current ingest of {root} ({int(stale.sum())} of "
+                         f"{len(split)} rows point at other images): it is left from an earlier ingest; "
+                         f"run `usclf split {root}` again")
+
+
 class CacheWriter:
-    """Append frames to a growing uint8 cache, then finalise to `images.npy` atomically."""
+    """Append frames to a growing uint8 cache, then finalise to `images.npy` atomically.
+
+    The frames go straight into `images.npy.part` after a reserved 128-byte .npy header, which `close`
+    fills in before the rename: one copy of the data on disk (never two), and a full disk is an OSError on
+    `write` (not a SIGBUS from a memory map). `abort` removes the part file.
+    """
+
+    HEADER = 128  # a .npy v1 header for (N, S, S) uint8 fits 128 bytes for any N below 10**20
 
     def __init__(self, root: str | Path, size: int, chunk: int = 1024):
         self.root = Path(root)
@@ -64,6 +89,7 @@ class CacheWriter:
         self.size = size
         self._tmp = self.root / (IMAGES + ".part")
         self._fh = open(self._tmp, "wb")
+        self._fh.write(b"\0" * self.HEADER)
         self.n = 0
 
     def add(self, img: np.ndarray) -> int:
@@ -75,18 +101,28 @@ class CacheWriter:
         return self.n - 1
 
     def close(self) -> Path:
-        """Write the .npy header + data and rename into place."""
+        """Fill in the .npy header, flush to disk and rename into place."""
+        import io
+        head = io.BytesIO()
+        np.lib.format.write_array_header_1_0(head, {"descr": "|u1", "fortran_order": False,
+                                                    "shape": (self.n, self.size, self.size)})
+        assert len(head.getvalue()) == self.HEADER
+        self._fh.seek(0)
+        self._fh.write(head.getvalue())
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
         self._fh.close()
         out = self.root / IMAGES
-        tmp = self.root / (IMAGES + ".tmp")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(self.n, self.size, self.size))
-        if self.n:
-            arr[:] = np.fromfile(self._tmp, dtype=np.uint8).reshape(self.n, self.size, self.size)
-        arr.flush()
-        del arr
-        tmp.replace(out)
-        self._tmp.unlink(missing_ok=True)
+        self._tmp.replace(out)
         return out
+
+    def abort(self) -> None:
+        """Drop the partial cache (after an error): nothing half-written is left behind."""
+        try:
+            self._fh.close()
+        except OSError:  # closing flushes: on a full disk that fails too
+            pass
+        self._tmp.unlink(missing_ok=True)
 
 
 def save_dataset(root: str | Path, images: np.ndarray, manifest: pd.DataFrame, classes: list[str],

@@ -18,22 +18,23 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from ..config import to_dict
 from ..errors import UsclfError
-from .cache import IMAGES, MANIFEST, CacheWriter, write_meta
+from ..paths import check_out_dir, is_no_space, mb, need_space
+from .cache import IMAGES, MANIFEST, META, CacheWriter, write_meta
 from .manifest import BASE_COLUMNS, DEFAULT_CLASSES, write_manifest
-from .preprocess import prepare_frame
+from .preprocess import RESIZE_MODES, prepare_frame
+from .labels_csv import _LABEL_META, _Labels, norm_rel, read_labels_csv  # noqa: F401 (re-exported)
 from .readers import Skip, iter_frames
 
 REPORT = "ingest_report.csv"
 REPORT_COLUMNS = ["path", "frame", "status", "frames_kept", "reason"]
 SALT_ENV = "USCLF_PATIENT_SALT"
-_LABEL_META = ("path", "frame", "patient_id", "exam_id", "doppler")
 
 
 @dataclass
@@ -42,9 +43,12 @@ class IngestConfig:
     doppler_chroma: float = 40.0    # pixel "coloured" when max-min over RGB > this (DESIGN §3)
     doppler_fraction: float = 0.01  # frame dropped as colour Doppler when > this fraction is coloured
     crop: bool = True               # crop to scan region (DESIGN §3: burned-in text and chrome removed)
+    resize: str = "pad"             # pad (keep the aspect ratio of the anatomy) | stretch (the pre-0.2 resize)
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))  # paper's 6 organs + other
     salt: str | None = None         # id-hash salt; None -> env USCLF_PATIENT_SALT, else random
     workers: int = 0                # decoding processes (0 = in this process)
+    keep_study_date: bool = False   # privacy: the DICOM StudyDate is a quasi-identifier; off unless needed
+    keep_vendor: bool = True        # the Manufacturer tag (not about the patient): for per-vendor analysis
 
 
 @dataclass
@@ -62,105 +66,21 @@ class IngestResult:
     n_label_rows_unmatched: int     # labels CSV rows that matched no file/frame (likely a path typo)
 
 
-# ------------------------------------------------------------------------------------------ labels
-def read_labels_csv(path: str | Path, classes: list[str]) -> pd.DataFrame:
-    """Read and validate a labels CSV: `path` [, `frame`] + one 0/1/empty column per class
-    [, `patient_id`, `exam_id`, `doppler` (ignored)]. Any problem -> one-line UsclfError."""
-    p = Path(path)
-    if not p.is_file():
-        raise UsclfError(f"labels CSV not found: {p}")
-    try:
-        df = pd.read_csv(p, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise UsclfError(f"labels CSV {p.name} cannot be parsed: {str(e).splitlines()[0]}") from None
-    df.columns = [str(c).strip() for c in df.columns]
-    if "path" not in df.columns:
-        raise UsclfError(f"labels CSV {p.name} has no 'path' column (columns: {', '.join(df.columns)})")
-    unknown = [c for c in df.columns if c not in _LABEL_META and c not in classes]
-    if unknown:
-        raise UsclfError(f"labels CSV {p.name}: unknown class column '{unknown[0]}' "
-                         f"(classes: {', '.join(classes)})")
-    missing = [c for c in classes if c not in df.columns]
-    if missing:
-        raise UsclfError(f"labels CSV {p.name}: missing class column(s) {', '.join(missing)}")
-    df = df.apply(lambda s: s.str.strip())
-    out = pd.DataFrame({"path": df["path"].map(norm_rel)})
-    for i, v in enumerate(df["path"]):
-        if not v:
-            raise UsclfError(f"labels CSV {p.name}, line {i + 2}: empty path")
-    frames = df["frame"] if "frame" in df.columns else pd.Series([""] * len(df))
-    fr: list[Any] = []
-    for i, v in enumerate(frames):
-        if v == "":
-            fr.append(pd.NA)
-        elif v.isdigit() or (v.endswith(".0") and v[:-2].isdigit()):
-            fr.append(int(float(v)))
-        else:
-            raise UsclfError(f"labels CSV {p.name}, line {i + 2}: frame {v!r} is not a non-negative integer")
-    out["frame"] = pd.array(fr, dtype="Int64")
-    allowed = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "": pd.NA}
-    for c in classes:
-        bad = ~df[c].isin(list(allowed))
-        if bad.any():
-            i = int(np.flatnonzero(bad.to_numpy())[0])
-            raise UsclfError(f"labels CSV {p.name}, line {i + 2}: column '{c}' has {df[c].iloc[i]!r} "
-                             f"(allowed: 0, 1 or empty)")
-        out[c] = pd.array([allowed[v] for v in df[c]], dtype="Int64")
-    filled = out[classes].notna()
-    partial = filled.any(axis=1) & ~filled.all(axis=1)
-    if partial.any():
-        i = int(np.flatnonzero(partial.to_numpy())[0])
-        col = classes[int(np.flatnonzero(~filled.iloc[i].to_numpy())[0])]
-        raise UsclfError(f"labels CSV {p.name}, line {i + 2}: labelled row has no value for '{col}'")
-    for c in ("patient_id", "exam_id"):
-        out[c] = df[c] if c in df.columns else ""
-    keys = [(a, None if pd.isna(b) else int(b)) for a, b in zip(out["path"], out["frame"])]
-    dup = pd.Series(keys).duplicated()
-    if dup.any():
-        i = int(np.flatnonzero(dup.to_numpy())[0])
-        raise UsclfError(f"labels CSV {p.name}, line {i + 2}: duplicate row for {out['path'].iloc[i]}"
-                         + ("" if pd.isna(out["frame"].iloc[i]) else f" frame {out['frame'].iloc[i]}"))
-    return out
-
-
-def norm_rel(p: str) -> str:
-    """Normalise a relative path to POSIX form without a leading './'."""
-    return str(PurePosixPath(*PurePosixPath(str(p).replace("\\", "/")).parts)).removeprefix("./")
-
-
-class _Labels:
-    """Lookup of label rows by (path, frame), falling back to (path, any frame)."""
-
-    def __init__(self, df: pd.DataFrame | None, classes: list[str]):
-        self.classes = classes
-        self.rows: dict[tuple[str, int | None], int] = {}
-        self.ids: dict[str, dict[str, str]] = {}
-        self.used: set[int] = set()
-        self.df = df
-        if df is None:
-            return
-        for i, (path, frame) in enumerate(zip(df["path"], df["frame"])):
-            self.rows[(path, None if pd.isna(frame) else int(frame))] = i
-            ids = self.ids.setdefault(path, {})
-            for c in ("patient_id", "exam_id"):
-                if df[c].iloc[i] and c not in ids:
-                    ids[c] = df[c].iloc[i]
-
-    def find(self, path: str, frame: int) -> int | None:
-        i = self.rows.get((path, frame), self.rows.get((path, None)))
-        if i is not None:
-            self.used.add(i)
-        return i
-
-
 # ------------------------------------------------------------------------------------------ walk
 def _walk(root: Path, exclude: Path, labels_csv: Path | None) -> tuple[list[Path], list[str]]:
     """Sorted files under root (skipping the output folder and the labels CSV) and top-level folders
     with no files."""
     files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen = {root.resolve()}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):  # symlinked exam folders count
         d = Path(dirpath)
-        dirnames[:] = sorted(n for n in dirnames if (d / n).resolve() != exclude)
+        keep = []
+        for n in sorted(dirnames):
+            real = (d / n).resolve()
+            if real != exclude and real not in seen:  # each real folder once: no symlink loops
+                seen.add(real)
+                keep.append(n)
+        dirnames[:] = keep
         files.extend(d / f for f in sorted(filenames)
                      if labels_csv is None or (d / f).resolve() != labels_csv)
     top_with_files = {f.relative_to(root).parts[0] for f in files}
@@ -194,8 +114,8 @@ def _process_file(task: tuple[str, str, dict]) -> _Outcome:
                     out.frames.append((item.frame_index, None, item.reason, {}))
                 continue
             try:
-                img, reason = prepare_frame(item.array, **prep)
-            except Exception as e:  # one odd frame (e.g. a 1-pixel image) drops only that frame
+                img, reason = prepare_frame(item.array, region=item.meta.get("region"), **prep)
+            except Exception as e:  # one odd frame drops only that frame
                 img, reason = None, f"error: {type(e).__name__}: {' '.join(str(e).split())[:200]}"
             out.frames.append((item.frame_index, img, reason, item.meta))
         return out
@@ -251,16 +171,21 @@ def _check_cfg(cfg: IngestConfig) -> None:
         raise UsclfError(f"class name '{clash[0]}' clashes with a manifest column")
     if cfg.workers < 0:
         raise UsclfError(f"workers must be >= 0, got {cfg.workers}")
+    if cfg.resize not in RESIZE_MODES:
+        raise UsclfError(f"ingest.resize must be one of {', '.join(RESIZE_MODES)}, got {cfg.resize!r}")
 
 
 def ingest(root: str | Path, out: str | Path, labels_csv: str | Path | None = None,
            cfg: IngestConfig | None = None, progress: bool = True) -> IngestResult:
-    """Walk ROOT, write `images.npy`, `manifest.csv`, `dataset.json` and `ingest_report.csv` in OUT."""
+    """Walk ROOT, write `images.npy`, `manifest.csv`, `dataset.json` and `ingest_report.csv` in OUT.
+
+    A full disk ends the ingest with one line naming OUT and the space needed, and no half-written dataset:
+    the partial cache is removed (and, if it filled up after the cache was complete, the new cache too)."""
     from tqdm import tqdm
 
     cfg = cfg or IngestConfig()
     _check_cfg(cfg)
-    root, out = Path(root).resolve(), Path(out).resolve()
+    root, out = Path(root).resolve(), check_out_dir(Path(out).resolve())
     if not root.is_dir():
         raise UsclfError(f"input folder not found: {root}")
     if out == root:
@@ -272,36 +197,53 @@ def ingest(root: str | Path, out: str | Path, labels_csv: str | Path | None = No
     if not files:
         raise UsclfError(f"no files under {root}")
     prep = dict(size=cfg.size, crop=cfg.crop, doppler_chroma=cfg.doppler_chroma,
-                doppler_fraction=cfg.doppler_fraction)
+                doppler_fraction=cfg.doppler_fraction, resize=cfg.resize)
     tasks = [(str(f), norm_rel(f.relative_to(root).as_posix()), prep) for f in files]
 
     out.mkdir(parents=True, exist_ok=True)
+    frame_bytes = cfg.size * cfg.size
+    need_space(out, len(files) * frame_bytes + (64 << 10), f"the cache of {len(files)} files (one frame each at least)")
     writer = CacheWriter(out, cfg.size)
     rows: list[dict] = []
     report: list[dict] = [dict(path=d, frame="", status="skipped", frames_kept=0, reason="empty exam folder")
                           for d in empty_dirs]
-    n_dropped = 0
+    n_dropped = done = 0
+    closed = False
     try:
         for o in tqdm(_outcomes(tasks, cfg.workers), total=len(tasks), desc="ingest", unit="file",
                       disable=not progress):
+            done += 1
             kept = [f for f in o.frames if f[1] is not None]
             dropped = [f for f in o.frames if f[1] is None]
             n_dropped += len(dropped)
             for fi, img, _, meta in kept:
-                rows.append(_manifest_row(o, fi, meta, writer.add(img), labels, salt))
+                rows.append(_manifest_row(o, fi, meta, writer.add(img), labels, salt, cfg))
             for fi, _, _, _ in dropped:
                 labels.find(o.rel, fi)
             report.append(dict(path=o.rel, frame="", status="kept" if kept else "skipped",
-                               frames_kept=len(kept), reason=_file_reason(o, kept, dropped)))
+                               frames_kept=len(kept), reason=_relative(_file_reason(o, kept, dropped), root)))
             if len(o.frames) > 1:
-                report += [dict(path=o.rel, frame=fi, status="skipped", frames_kept=0, reason=r)
+                report += [dict(path=o.rel, frame=fi, status="skipped", frames_kept=0, reason=_relative(r, root))
                            for fi, _, r, _ in dropped]
-    except BaseException:
-        writer._fh.close()
-        writer._tmp.unlink(missing_ok=True)
+        writer.close()
+        closed = True
+        return _finish(root, out, cfg, classes, rows, report, labels, salt_source, len(files), n_dropped)
+    except BaseException as e:
+        writer.abort()
+        if closed:  # the new cache is in place but its manifest may not be: leave no half dataset behind
+            for name in (META, MANIFEST, IMAGES):
+                (out / name).unlink(missing_ok=True)
+        if is_no_space(e):
+            per_file = writer.n * frame_bytes / max(done, 1)
+            raise UsclfError(f"no space left on device while writing the cache in {out}: the {len(files)} files "
+                             f"need about {mb(per_file * len(files))} ({mb(writer.n * frame_bytes)} written "
+                             "before the disk filled); the partial cache was removed") from None
         raise
-    writer.close()
-    return _finish(root, out, cfg, classes, rows, report, labels, salt_source, len(files), n_dropped)
+
+
+def _relative(reason: str, root: Path) -> str:
+    """Skip reasons quote exception messages, which may name the absolute input path: keep it relative."""
+    return reason.replace(str(root) + os.sep, "").replace(str(root), ".")
 
 
 def _file_reason(o: _Outcome, kept: list, dropped: list) -> str:
@@ -316,19 +258,21 @@ def _file_reason(o: _Outcome, kept: list, dropped: list) -> str:
 
 
 def _manifest_row(o: _Outcome, frame: int, meta: dict, cache_row: int, labels: _Labels,
-                  salt: str) -> dict:
+                  salt: str, cfg: IngestConfig) -> dict:
     csv_ids = labels.ids.get(o.rel, {})
     exam_key = exam_key_of(o.rel, meta, csv_ids.get("exam_id", ""))
     patient_key = ("pid:" + meta["patient_id"] if meta.get("patient_id")
                    else "pid:" + csv_ids["patient_id"] if csv_ids.get("patient_id") else exam_key)
     row = {"image_id": "i_" + hashlib.sha1(f"{o.rel}#{frame}".encode()).hexdigest()[:16],
            "path": o.rel, "frame": frame, "exam_id": _hash("e_", salt, exam_key),
-           "patient_id": _hash("p_", salt, patient_key), "split": "unlabeled"}
+           "patient_id": _hash("p_", salt, patient_key), "split": "unlabeled",
+           "_no_patient_id": patient_key == exam_key}
     i = labels.find(o.rel, frame)
     for c in labels.classes:
         row[c] = labels.df[c].iloc[i] if i is not None else pd.NA
-    row.update(vendor=meta.get("vendor", ""), study_date=meta.get("study_date", ""), sha1=o.sha1,
-               cache_row=cache_row)
+    row.update(vendor=meta.get("vendor", "") if cfg.keep_vendor else "",
+               study_date=meta.get("study_date", "") if cfg.keep_study_date else "",
+               pixel_spacing_mm=meta.get("pixel_spacing_mm"), sha1=o.sha1, cache_row=cache_row)
     return row
 
 
@@ -337,10 +281,13 @@ def _finish(root: Path, out: Path, cfg: IngestConfig, classes: list[str], rows: 
             n_dropped: int) -> IngestResult:
     rep = pd.DataFrame(report, columns=REPORT_COLUMNS)
     write_manifest(rep, out / REPORT)
-    cols = BASE_COLUMNS + classes + ["vendor", "study_date", "sha1", "cache_row"]
+    cols = BASE_COLUMNS + classes + ["vendor", "study_date", "pixel_spacing_mm", "sha1", "cache_row"]
+    no_pid = {r["exam_id"] for r in rows if r["_no_patient_id"]}
     man = pd.DataFrame(rows, columns=cols)
     for c in classes:
         man[c] = man[c].astype("Int64")
+    for stale in sorted(out.glob("manifest_split_seed*.csv")):  # drawn from an earlier ingest's rows
+        stale.unlink()
     write_manifest(man, out / MANIFEST)
     file_rows = rep[rep["frame"] == ""]
     n_kept_files = int((file_rows["status"] == "kept").sum())
@@ -351,7 +298,9 @@ def _finish(root: Path, out: Path, cfg: IngestConfig, classes: list[str], rows: 
     write_meta(out, {"classes": classes, "image_size": cfg.size, "n_images": len(man), "source": root.name,
                      "config": conf, "salt_source": salt_source, "n_files": n_files,
                      "n_files_kept": n_kept_files, "n_frames_dropped": n_dropped,
-                     "n_labelled_frames": n_labelled, "n_label_rows_unmatched": unmatched})
+                     "n_labelled_frames": n_labelled, "n_label_rows_unmatched": unmatched,
+                     "n_exams": int(man["exam_id"].nunique()) if len(man) else 0,
+                     "n_exams_without_patient_id": len(no_pid)})
     if len(man) == 0:
         raise UsclfError(f"no B-mode frames kept from {n_files} file(s); see {out / REPORT}")
     return IngestResult(out=out, images=out / IMAGES, manifest=out / MANIFEST, report=out / REPORT,

@@ -1,7 +1,7 @@
 """The manifest: one row per image/frame, the single description of a dataset (DESIGN section 3).
 
 Columns: image_id, path, frame, exam_id, patient_id, split, one 0/1 column per class, optional
-vendor, study_date, sha1, and `cache_row` (row of the uint8 cache) once ingested. Label columns are
+vendor, study_date, pixel_spacing_mm, sha1, and `cache_row` (row of the uint8 cache) once ingested. Label columns are
 empty (NaN) for unlabeled rows. A dataset folder holds `manifest.csv`, `images.npy` (N x H x W uint8,
 memory-mapped) and `dataset.json` (class names, image size); see `usclf.data.cache`.
 """
@@ -16,7 +16,7 @@ from ..errors import UsclfError
 
 DEFAULT_CLASSES = ["liver", "gallbladder", "kidney", "pancreas", "spleen", "bladder", "other"]
 BASE_COLUMNS = ["image_id", "path", "frame", "exam_id", "patient_id", "split"]
-OPTIONAL_COLUMNS = ["vendor", "study_date", "sha1", "cache_row", "source"]
+OPTIONAL_COLUMNS = ["vendor", "study_date", "pixel_spacing_mm", "sha1", "cache_row", "source"]
 SPLITS = ("unlabeled", "train", "val", "test")
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from ..errors import UsclfError
+from ..paths import check_out_dir
 from .manifest import DEFAULT_CLASSES
 from .sim_organs import ORGANS, VENDORS, make_exam_style, render_frame
 
@@ -276,9 +277,7 @@ def simulate(out: str | Path, cfg: SimulateConfig, progress: bool = True) -> dic
     from tqdm import tqdm
 
     classes, freq, n_patients = _check(cfg)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsclfError(f"simulate: output path {out} is a file; choose a new folder")
+    out = check_out_dir(out)
     if out.exists() and any(out.iterdir()):
         raise UsclfError(f"simulate: output folder {out} is not empty; choose a new folder")
     t0 = time.perf_counter()

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import dump_config, load_config
+from ..data.cache import open_dataset
 from ..data.ingest import IngestConfig, ingest
 from ..data.simulate import SimulateConfig, format_summary, simulate
 from ..data.splits import SplitConfig, split_dataset
@@ -59,13 +60,34 @@ def run_ingest(args):
     if args.labels and res.n_label_rows_unmatched:
         print(f"  warning: {res.n_label_rows_unmatched} labels-CSV rows matched no file (check their paths)")
     if not args.no_split:
-        df = split_dataset(args.out, cfg.split)
-        print(f"split (seed {cfg.split.seed}, patient-disjoint) -> {df.attrs['path']}\n{split_summary(df)}")
+        split = cfg.split
+        if res.n_labelled_frames == 0:  # an unlabelled archive: every exam is pretraining data
+            split = replace(cfg.split, unlabeled=float(open_dataset(args.out).meta["n_exams"]),
+                            train=0.0, val=0.0, test=0.0)
+        df = split_dataset(args.out, split)
+        print(f"split (seed {split.seed}, {disjointness(args.out, split)}) -> {df.attrs['path']}\n"
+              f"{split_summary(df)}")
+        if res.n_labelled_frames == 0:
+            print("no labels: every exam is in `unlabeled` (enough for `usclf pretrain`); to draw train/val/test, "
+                  "ingest again with --labels LABELS.csv (see README, 'Labels CSV')")
     return res
+
+
+def disjointness(data: str | Path, cfg: SplitConfig) -> str:
+    """How the split keeps exams apart, as the user should read it: by patient only where ids are known."""
+    meta = open_dataset(data).meta
+    n, missing = int(meta.get("n_exams", 0)), int(meta.get("n_exams_without_patient_id", 0))
+    if cfg.by == "exam":
+        return "exam-disjoint (split.by=exam)"
+    if n and missing == n:
+        return "exam-disjoint (no patient ids)"
+    if missing:
+        return f"patient-disjoint where ids are known ({missing} of {n} exams have no patient id: each is its own patient)"
+    return "patient-disjoint"
 
 
 def run_split(args):
     cfg = load_config(SplitConfig, args.config, _set(args.overrides, seed=args.seed))
     df = split_dataset(args.data, cfg)
-    print(f"split (seed {cfg.seed}, patient-disjoint) -> {df.attrs['path']}\n{split_summary(df)}")
+    print(f"split (seed {cfg.seed}, {disjointness(args.data, cfg)}) -> {df.attrs['path']}\n{split_summary(df)}")
     return df

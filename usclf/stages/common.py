@@ -57,7 +57,7 @@ def rows_in(ds: CachedDataset, splits: list[str] | tuple[str, ...], what: str = 
 def preprocess_meta(ds: CachedDataset, aug: AugmentConfig) -> dict:
     """What `predict` must repeat on raw files: the ingest reading settings + network input size/normalisation."""
     ing = dict(ds.meta.get("config", {}) or {})
-    keep = {k: ing[k] for k in ("size", "crop", "doppler_chroma", "doppler_fraction") if k in ing}
+    keep = {k: ing[k] for k in ("size", "crop", "doppler_chroma", "doppler_fraction", "resize") if k in ing}
     keep.setdefault("size", int(ds.meta.get("image_size", aug.size)))
     return {"ingest": keep, "input_size": int(aug.size), "mean": float(aug.mean), "std": float(aug.std)}
 

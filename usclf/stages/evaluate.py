@@ -16,6 +16,7 @@ import numpy as np
 from ..config import dump_config, to_dict
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
+from ..paths import check_out_dir
 from ..eval.clustering import clustering_metrics, label_sets
 from ..eval.gallery import cluster_gallery
 from ..eval.plots import plot_embedding, plot_per_class_f1
@@ -56,6 +57,7 @@ def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: boo
     """
     if not cfg.model:
         raise UsclfError("no model given: set --model PATH")
+    check_out_dir(cfg.out)
     device = resolve_device(cfg.device)
     model, meta = load_model_file(cfg.model, device)
     ds, dhash = open_split(cfg.data)

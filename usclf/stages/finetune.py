@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import dump_config, to_dict
+from ..config import to_dict
 from ..data.dataset import UltrasoundDataset
 from ..data.sampler import RandomBatchSampler, make_loader
 from ..data.splits import label_fraction_mask
@@ -28,6 +28,7 @@ from ..models.modelfile import save_model_file
 from ..tracking import Tracker
 from ..train.distributed import get_dist_info, init_distributed, seed_everything
 from ..train.loop import TrainConfig, Trainer, TrainResult
+from .run_dir import prepare_run_dir
 from .common import DataConfig, ModelConfig, infer, open_split, preprocess_meta, rows_in
 from .evaluate import EvaluateConfig, evaluate
 from .scoring import sigmoid, val_weighted_f1
@@ -127,9 +128,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, tracking_uri: str | None
     seed_everything(cfg.train.seed)  # the new head's (and a random backbone's) init follows the seed
     model = build_classifier(cfg.model.backbone, "multilabel", init=cfg.model.init,
                              imagenet_weights=cfg.model.imagenet_weights, num_classes=len(ds.classes))
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    out = prepare_run_dir(cfg, resume, write=dist.is_main)
     dataset = UltrasoundDataset(ds, rows, views=("weak",), aug=cfg.augment)
     b = cfg.data.batch_size
     # drop a last partial batch (it could hold a single image, which BatchNorm rejects) unless it is the only one

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import dump_config, to_dict
+from ..config import to_dict
 from ..data.dataset import UltrasoundDataset
 from ..data.sampler import ExamBatchSampler, make_loader
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
+from ..validate import non_negative, one_of
 from ..eval.clustering import combination_vocabulary
 from ..losses.pica import cluster_size_entropy
 from ..methods import PRETRAIN, method_class
@@ -22,6 +23,7 @@ from ..tracking import Tracker
 from ..train.distributed import gather_with_grad, get_dist_info, init_distributed
 from ..train.loop import TrainConfig, Trainer, seed_everything
 from .evaluate import EvaluateConfig, evaluate
+from .run_dir import prepare_run_dir
 from .common import DataConfig, ModelConfig, open_split, preprocess_meta, rows_in
 
 METHODS = tuple(PRETRAIN)
@@ -43,6 +45,17 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        one_of("method", self.method, METHODS)
+        non_negative("lam", self.lam)  # PICA's lambda weighs a penalty: a negative one rewards collapse
+        non_negative("epsilon", self.epsilon)
+        if self.k is not None and self.k < 2:
+            raise UsclfError(f"k must be >= 2 clusters or null (= the label-combination vocabulary), got {self.k}")
+        if self.min_count < 1:
+            raise UsclfError(f"min_count must be >= 1, got {self.min_count}")
+        if not self.train_splits:
+            raise UsclfError("train_splits must name at least one split")
 
 
 def clustering_loss(method: str, lam: float, epsilon: float):
@@ -99,9 +112,7 @@ def pretrain(cfg: PretrainConfig, resume: bool = False, tracking_uri: str | None
     if cfg.k:
         vocab = default_k(ds, cfg.min_count)[1] if ds.manifest["split"].isin(["train", "val"]).any() else []
     rows = rows_in(ds, cfg.train_splits, "training images")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    out = prepare_run_dir(cfg, resume, write=dist.is_main)
     dataset = UltrasoundDataset(ds, rows, views=("weak", "weak"), aug=cfg.augment)  # PICA: 2 independent draws
     sampler = ExamBatchSampler(dataset.exam_ids, cfg.data.exams_per_batch, cfg.data.max_images_per_exam,
                                seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size)

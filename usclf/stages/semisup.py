@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import dump_config, to_dict
+from ..config import to_dict
 from ..data.dataset import UltrasoundDataset
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
@@ -29,6 +29,7 @@ from ..models.heads import build_classifier
 from ..tracking import Tracker
 from ..train.distributed import get_dist_info, init_distributed, seed_everything
 from ..train.loop import TrainConfig, Trainer
+from .run_dir import prepare_run_dir
 from .common import DataConfig, ModelConfig, open_split, rows_in
 from .finetune import ValidationF1, finish, init_kind, labelled_rows, summary
 from .unlabeled_loader import fixmatch_loader, unlabeled_dataset, unlabeled_exams_per_step
@@ -127,9 +128,7 @@ def semisup(cfg: SemisupConfig, resume: bool = False, tracking_uri: str | None =
     seed_everything(cfg.train.seed)  # the new head's (and a random backbone's) init follows the seed
     model = build_classifier(cfg.model.backbone, method.head, init=cfg.model.init,
                              imagenet_weights=cfg.model.imagenet_weights, **method.model_sizes())
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, out / "config.yaml")
+    out = prepare_run_dir(cfg, resume, write=dist.is_main)
     labeled = UltrasoundDataset(ds, lab_rows, views=("weak",), aug=cfg.augment)
     unlabeled = unlabeled_dataset(ds, unl_rows, cfg.augment)
     b, cap = cfg.data.batch_size, cfg.data.max_images_per_exam

@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import UsclfError
+from ..validate import positive, within
 from .checkpoint import (FORMAT, capture_rng, cpu_state_dict, load_checkpoint, load_model_state,
                          restore_rng, save_checkpoint)
 from .distributed import (all_reduce_mean, any_across_ranks, broadcast_object, get_dist_info, resolve_device,
@@ -56,6 +57,20 @@ class TrainConfig:
     mode: str = "max"             # the hook's "metric" is better when larger (val weighted F1)
     restore_best: bool = True     # paper Sec. 3.2: supervised/semi-sup keep the best-val weights
     deterministic: bool = True    # reproducible resume; torch.use_deterministic_algorithms(warn_only)
+
+    def __post_init__(self):
+        if self.max_steps is None and self.epochs < 1:
+            raise UsclfError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsclfError(f"train.max_steps must be >= 1, got {self.max_steps}")
+        if self.ckpt_every < 1 or self.log_every < 1 or self.ckpt_epochs < 1:
+            raise UsclfError("train.ckpt_every, train.ckpt_epochs and train.log_every must be >= 1")
+        if self.mode not in ("max", "min"):
+            raise UsclfError(f"train.mode must be max or min, got '{self.mode}'")
+        within("train.ema", self.ema, 0.0, 1.0, allow_none=True)
+        positive("train.grad_clip", self.grad_clip, allow_none=True)
+        if self.patience is not None and self.patience < 1:
+            raise UsclfError(f"train.patience must be >= 1 or null, got {self.patience}")
 
 
 @dataclass
@@ -111,14 +126,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, step_fn: Callable, out_dir: str | Path,
                  tracker: Any = None, on_epoch_end: Callable | None = None, params=None):
-        if cfg.max_steps is None and cfg.epochs < 1:
-            raise UsclfError(f"epochs must be >= 1, got {cfg.epochs}")
-        if cfg.max_steps is not None and cfg.max_steps < 1:
-            raise UsclfError(f"max_steps must be >= 1, got {cfg.max_steps}")
-        if cfg.ckpt_every < 1 or cfg.log_every < 1 or cfg.ckpt_epochs < 1:
-            raise UsclfError("ckpt_every, ckpt_epochs and log_every must be >= 1")
-        if cfg.mode not in ("max", "min"):
-            raise UsclfError(f"mode must be max or min, got '{cfg.mode}'")
+        cfg.__post_init__()  # a config mutated after construction is checked again
         self.model, self.cfg, self.step_fn = model, cfg, step_fn
         self.out_dir = Path(out_dir)
         self.tracker, self.on_epoch_end = tracker, on_epoch_end

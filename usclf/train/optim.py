@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UsclfError
+from ..validate import non_negative, one_of, within
 
 
 @dataclass
@@ -17,6 +18,12 @@ class OptimConfig:
     lr: float = 1e-4              # paper Sec. 3.2: fixed learning rate 0.0001
     weight_decay: float = 0.0     # paper: none mentioned
     momentum: float = 0.9         # SGD only (DeepCluster baseline: 0.9, paper 002)
+
+    def __post_init__(self):
+        one_of("train.optim.name", self.name.lower(), ("adam", "adamw", "sgd"))
+        non_negative("train.optim.lr", self.lr)  # 0 is allowed: a frozen run (tests check loaded weights so)
+        non_negative("train.optim.weight_decay", self.weight_decay)
+        within("train.optim.momentum", self.momentum, 0.0, 1.0)
 
 
 class EMA:

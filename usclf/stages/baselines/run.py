@@ -18,6 +18,7 @@ from ...config import dump_config, to_dict
 from ...data.adapters import from_npz
 from ...data.cache import CachedDataset, open_dataset
 from ...errors import UsclfError
+from ...paths import check_out_dir
 from ...eval.clustering import clustering_metrics, combination_vocabulary
 from ...eval.report import WEIGHTED
 from ...models.modelfile import data_hash
@@ -76,7 +77,7 @@ def baseline(cfg: BaselineConfig, tracking_uri: str | None = None, resume: bool 
     if k < 2:
         raise UsclfError(f"k must be >= 2, got {k}")
     method.check(images, k)
-    out = Path(cfg.out)
+    out = check_out_dir(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out / "config.yaml")
     device = resolve_device(cfg.device)

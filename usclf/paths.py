@@ -1,0 +1,51 @@
+"""Output paths checked before anything is written: one clear line instead of a traceback."""
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+from .errors import UsclfError
+
+
+def check_out_dir(path: str | Path, what: str = "--out") -> Path:
+    """`path` must be a folder or not exist yet, and no part of it may be a regular file."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UsclfError(f"{what} {p} is a file, not a folder; choose a folder")
+    _no_file_above(p, what)
+    return p
+
+
+def check_out_file(path: str | Path, what: str = "--out") -> Path:
+    """`path` must be a file or not exist yet (never a folder), and no part above it may be a file."""
+    p = Path(path)
+    if p.is_dir():
+        raise UsclfError(f"{what} {p} is a folder; give a file name (e.g. {p / 'predictions.csv'})")
+    _no_file_above(p.parent, what)
+    return p
+
+
+def _no_file_above(p: Path, what: str) -> None:
+    for parent in [p, *p.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsclfError(f"{what} {p} sits below {parent}, which is a file, not a folder")
+            return
+
+
+def need_space(folder: str | Path, nbytes: int, what: str) -> None:
+    """One-line error when the file system of `folder` has less than `nbytes` free."""
+    free = shutil.disk_usage(Path(folder)).free
+    if free < nbytes:
+        raise UsclfError(f"not enough disk space in {folder} for {what}: needs about {mb(nbytes)}, "
+                         f"{mb(free)} free")
+
+
+def is_no_space(e: BaseException) -> bool:
+    """True for 'no space left on device' (and 'disk quota exceeded')."""
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def mb(n: int | float) -> str:
+    return f"{n / 2**20:,.0f} MB" if n >= 2**20 else f"{n / 1024:,.0f} kB"
