@@ -292,6 +292,8 @@ def test_cli_end_to_end_and_one_line_errors(world, tmp_path, monkeypatch, capsys
     assert main(args) == 0
     _same(_read(out), _read(world.ref.out))
     assert "preds_exams.csv" in capsys.readouterr().out
+    state = "".join(f.read_text() for f in (out.parent / "preds.csv.parts").iterdir() if f.suffix in (".json", ".jsonl"))
+    assert str(world.raw) not in state and world.raw.name not in state  # folder names may name patients
     assert main(args) == 0                                   # rerun: already complete, no duplicates
     _same(_read(out), _read(world.ref.out))
     (tmp_path / "empty").mkdir()

@@ -4,25 +4,29 @@ Files are read and cleaned by ingest's own code (`ingest._process_file`), then g
 transform: scores equal `usclf evaluate`'s on an ingested cache of the same files. Output by extension: .csv,
 .json/.jsonl (JSON Lines: one object per line) or .parquet; the inventory goes to `<stem>_exams<ext>`.
 
-Resuming: the unit of work is one folder's own files (an exam folder in the ROOT/<exam>/ layout).
-`<out>.parts/progress.jsonl` gets a line per finished folder once its rows are on disk (fsync). CSV/JSON rows
-are appended to the output and the line records its size: a rerun truncates the output there (dropping a
-half-written folder) and skips recorded folders. Parquet rows go to one part per folder in `<out>.parts/`
-(temp + rename), merged into `<out>` at the end; parts are kept so a later run over new exams predicts only
-those. The inventory is summed from per-exam counts in the progress lines, never by re-reading the output.
+Resuming: the unit of work is one folder's own files not yet recorded (an exam folder in the ROOT/<exam>/
+layout). `<out>.parts/progress.jsonl` gets a line per finished folder, listing its files, once its rows are on
+disk (fsync). CSV/JSON rows are appended to the output and the line records its size: a rerun truncates the
+output there (dropping a half-written folder) and predicts only files not recorded, so files added to a
+growing export are picked up, in old folders too (their rows go after the old ones). Parquet rows go to one
+part per folder in `<out>.parts/` (temp + rename), merged into `<out>` at the end; parts are kept for later
+runs. The inventory is summed from per-exam counts in the progress lines, never by re-reading the output.
+One run at a time per output (`<out>.parts/lock`); on a failure (a full disk too) the output is cut back to
+the last recorded folder. Symlinked folders are followed (see `predict_progress.walk_units`).
 
 Privacy: exam ids are salted hashes as in ingest (salt argument, else env USCLF_PATIENT_SALT, else random per
 run and never written: set one for ids stable across runs); paths are relative to the input folder.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -36,10 +40,11 @@ from ..eval.thresholds import apply_thresholds
 from ..models.modelfile import load_model_file
 from ..train.distributed import resolve_device
 from .predict_output import _Output, output_paths
+from .predict_progress import Unit, check_out, no_space_message, output_lock, walk_units
 from .scoring import class_scores
 
 _CHUNK = 4096          # rows of one folder written before the folder ends (bounds memory on huge folders)
-_PREP_KEYS = ("size", "crop", "doppler_chroma", "doppler_fraction")
+_PREP_KEYS = ("size", "crop", "doppler_chroma", "doppler_fraction", "resize")
 
 
 @dataclass
@@ -99,36 +104,7 @@ class Predictor:
         return scores, apply_thresholds(scores, self.thresholds)
 
 
-# ----------------------------------------------------------------------------------------------- walk
-@dataclass
-class Unit:
-    name: str               # folder relative to the input root ('.' for files in the root itself)
-    empty: bool = False     # a top-level folder with no file anywhere below (reported, not read)
-
-
-def walk_units(root: Path, exclude: set[Path]) -> list[Unit]:
-    """Folders holding files, in ingest's walk order (sorted), plus empty top-level exam folders."""
-    units, tops = [], set()
-    names = {p.name for p in exclude}
-    for dirpath, dirnames, filenames in os.walk(root):
-        d = Path(dirpath)
-        dirnames[:] = sorted(n for n in dirnames if n not in names or (d / n).resolve() not in exclude)
-        if any(f not in names or (d / f).resolve() not in exclude for f in filenames):
-            rel = d.relative_to(root).as_posix()
-            units.append(Unit(rel))
-            tops.add(rel.split("/")[0])
-    holders = {q for e in exclude for q in e.parents}     # a folder holding only our output is no exam
-    empty = [Unit(n.name + "/", True) for n in sorted(root.iterdir())
-             if n.is_dir() and n.name not in tops and n.resolve() not in exclude | holders]
-    return units + empty
-
-
-def _unit_files(root: Path, unit: Unit, exclude: set[Path]) -> list[Path]:
-    d, names = root / unit.name, {p.name for p in exclude}
-    return [d / n for n in sorted(os.listdir(d))
-            if not (d / n).is_dir() and (n not in names or (d / n).resolve() not in exclude)]
-
-
+# ----------------------------------------------------------------------------------------------- decode
 def _outcomes(items: Iterator[tuple[Unit, tuple | None]], workers: int) -> Iterator[tuple[Unit, _Outcome | None]]:
     """Decode files in order (None marks the end of a unit); a bounded window of worker processes."""
     if workers <= 0:
@@ -200,45 +176,82 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
     `workers` > 0 decodes files in that many processes; `on_unit(folder, n_rows)` is called after each
     folder is safely recorded.
     """
-    from tqdm import tqdm
-
-    from ..data.ingest import norm_rel
-
     t0 = time.perf_counter()
     if batch_size < 1 or workers < 0:
         raise UsclfError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     out, exams_path, state, fmt = output_paths(out_file)
+    check_out(out, exams_path, state)
     root = Path(input_dir).resolve()
     if not root.is_dir():
         raise UsclfError(f"input folder not found: {root}")
-    exclude = {out.resolve(), exams_path.resolve(), state.resolve()}
-    units = walk_units(root, exclude)
-    if all(u.empty for u in units):
+    units = walk_units(root, {out.resolve(), exams_path.resolve(), state.resolve()})
+    if all(u.note for u in units):
         raise UsclfError(f"no files under {root}")
     pred = Predictor(model_path, device)
-    classes = pred.classes
-    columns = ["exam_id", "path", "frame", *[f"p_{c}" for c in classes], *classes, "status", "reason"]
-    blank = dict.fromkeys(columns)
+    columns = ["exam_id", "path", "frame", *[f"p_{c}" for c in pred.classes], *pred.classes, "status", "reason"]
+    # the input folder only as a hash: folder names may name patients (privacy), equality is all resume needs
+    run = {"model_sha1": _file_sha1(Path(model_path)),
+           "input": "sha1:" + hashlib.sha1(str(root).encode()).hexdigest(), "columns": columns}
+    counts = {"rows": 0, "predicted": 0, "files": 0, "todo_files": sum(len(u.files) or 1 for u in units),
+              "todo_units": len(units)}
+    output = None
+    try:
+        with output_lock(state, out):
+            output = _Output(out, state, fmt, columns, pred.classes, run)
+            try:
+                _predict_into(output, pred, root, units, columns, salt, batch_size, workers, progress, on_unit,
+                              counts)
+                output.finish(exams_path)
+            except BaseException:
+                output.abort()
+                raise
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UsclfError(no_space_message(out, output.recorded() if output else (0, 0, 0),
+                                              counts["todo_files"] - counts["files"], len(columns),
+                                              fmt == "parquet")) from None
+        raise UsclfError(f"cannot write {out}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")) \
+            from None
+    return PredictResult(out=out, exams=exams_path, n_units=len(units),
+                         n_units_done=len(units) - counts["todo_units"], n_rows=counts["rows"],
+                         n_predicted=counts["predicted"], n_skipped=counts["rows"] - counts["predicted"],
+                         seconds=time.perf_counter() - t0)
+
+
+def _predict_into(output: _Output, pred: Predictor, root: Path, units: list[Unit], columns: list[str],
+                  salt: str | None, batch_size: int, workers: int, progress: bool,
+                  on_unit: Callable[[str, int], None] | None, counts: dict) -> None:
+    """The files of `units` not yet recorded in `output` -> rows, folder by folder (fills `counts`)."""
+    from tqdm import tqdm
+
+    from ..data.ingest import norm_rel
+
+    classes, blank = pred.classes, dict.fromkeys(columns)
+    done_files, done_units = output.done()
+    todo = []
+    for u in units:
+        if u.note:
+            if u.name not in done_files and u.name not in done_units:
+                todo.append(u)
+        elif u.name not in done_units:
+            left = [f for f in u.files if norm_rel(u.key(f)) not in done_files]
+            if left:
+                todo.append(replace(u, files=left))
+    counts.update(todo_units=len(todo), todo_files=sum(len(u.files) or 1 for u in todo))
     random_salt = not (salt or os.environ.get(SALT_ENV))
     salt = salt or os.environ.get(SALT_ENV) or secrets.token_hex(16)
-    run = {"model_sha1": _file_sha1(Path(model_path)), "input": str(root), "columns": columns}
-    output = _Output(out, state, fmt, columns, classes, run)
-    done = output.done()
-    todo = [u for u in units if u.name not in done]
-    if done and todo and random_salt:
-        print(f"note: resuming {out.name} with a new random id salt: exam ids of this run are not comparable "
-              f"with earlier ones (set {SALT_ENV} for stable ids)", file=sys.stderr)
+    if output.entries and todo and random_salt:
+        print(f"note: resuming {output.out.name} with a new random id salt: exam ids of this run are not "
+              f"comparable with earlier ones (set {SALT_ENV} for stable ids)", file=sys.stderr)
 
     def items() -> Iterator[tuple[Unit, tuple | None]]:
         for u in todo:
-            if not u.empty:
-                for f in _unit_files(root, u, exclude):
-                    yield u, (str(f), norm_rel(f.relative_to(root).as_posix()), pred.prep)
+            for f in u.files:
+                yield u, (str(root / u.name / f), norm_rel(u.key(f)), pred.prep)
             yield u, None                      # end of this folder
 
     pending: deque[_Pending] = deque()
     buf: list[tuple[_Pending, dict, np.ndarray]] = []
-    counts = {"rows": 0, "predicted": 0}
     bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="predict", unit="exam",
                disable=not progress)
 
@@ -262,11 +275,14 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
                 p.rows = []
             if not p.ended:
                 return
-            output.commit(p.unit.name, p.n_rows, p.exams)
+            u = p.unit
+            keys = [norm_rel(u.key(f)) for f in u.files] or [u.name]
+            output.commit(u.name, keys, p.n_rows, p.exams)
+            counts["files"] += len(keys)
             pending.popleft()
             bar.update(1)
             if on_unit is not None:
-                on_unit(p.unit.name, p.n_rows)
+                on_unit(u.name, p.n_rows)
 
     try:
         for unit, o in _outcomes(items(), workers):
@@ -275,9 +291,9 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
             p = pending[-1]
             if o is None:
                 p.ended = True
-                if unit.empty:
+                if unit.note:
                     p.rows.append(dict(blank, exam_id=_hash("e_", salt, exam_key_of(unit.name.rstrip("/"), {})),
-                                       path=unit.name, status="skipped", reason="empty exam folder"))
+                                       path=unit.name, status="skipped", reason=unit.note))
             else:
                 for row, img in _file_rows(o, salt, blank):
                     p.rows.append(row)
@@ -291,12 +307,8 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
             run_batch()
         flush()
     finally:
-        output.close()
         bar.close()
-    output.finish(exams_path)
-    return PredictResult(out=out, exams=exams_path, n_units=len(units), n_units_done=len(units) - len(todo),
-                         n_rows=counts["rows"], n_predicted=counts["predicted"],
-                         n_skipped=counts["rows"] - counts["predicted"], seconds=time.perf_counter() - t0)
+    output.close()
 
 
 def bench_predict(input_dir: str | Path, work_dir: str | Path, model_path: str | Path | None = None,

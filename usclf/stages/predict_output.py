@@ -1,9 +1,13 @@
 """Output side of `usclf predict`: file names per format, the resumable folder-by-folder writer, the inventory.
 
 See `usclf.stages.predict` for the resume protocol (progress log + truncation / per-folder parquet parts).
+A progress line: {"unit": folder, "files": [paths relative to the input], "rows", "exams": {id: counts},
+"end": output size (csv/jsonl) | "part": parquet part name}. Lines of older versions have no "files": their
+folder counts as done as a whole.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -20,13 +24,12 @@ LOG, RUN = "progress.jsonl", "run.json"
 def output_paths(out_file: str | Path) -> tuple[Path, Path, Path, str]:
     """(output, per-exam inventory, resume-state folder, format) for an output file name."""
     out = Path(out_file).absolute()
+    if out.is_dir():
+        raise UsclfError(f"--out {out} is a folder: give a file name, e.g. {out / 'predictions.csv'}")
     fmt = FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise UsclfError(f"output {out.name}: unknown format; use one of {', '.join(FORMATS)}")
     return out, out.with_name(f"{out.stem}_exams{out.suffix}"), out.with_name(out.name + ".parts"), fmt
-
-
-# ----------------------------------------------------------------------------------------------- model
 
 
 class _Output:
@@ -34,7 +37,7 @@ class _Output:
 
     def __init__(self, out: Path, state: Path, fmt: str, columns: list[str], classes: list[str], run: dict):
         self.out, self.state, self.fmt, self.columns, self.classes = out, state, fmt, columns, classes
-        self.log, self.new_units = state / LOG, 0
+        self.log, self.new_units, self._log_size = state / LOG, 0, 0
         self._fh = None            # append formats: the output file; parquet: the open part writer
         self._part: Path | None = None
         if fmt == "parquet":
@@ -47,10 +50,10 @@ class _Output:
         self.entries = self._open(run)
 
     def _open(self, run: dict) -> list[dict]:
-        if not self.state.is_dir() and self.out.exists():
-            raise UsclfError(f"{self.out} exists but has no resume state ({self.state.name}/): "
-                             "delete it or choose another --out")
+        """Check the run matches the recorded one, then cut everything back to the last recorded folder."""
         self.state.mkdir(parents=True, exist_ok=True)
+        start_over = (f"delete {self.out.name}, {self.out.stem}_exams{self.out.suffix} and {self.state.name}/ "
+                      "to start over")
         old = json.loads((self.state / RUN).read_text()) if (self.state / RUN).is_file() else None
         if old is None:
             (self.state / "run.tmp").write_text(json.dumps(run, indent=2))
@@ -58,32 +61,48 @@ class _Output:
         for key, what in (("model_sha1", "another model"), ("input", "another input folder"),
                           ("columns", "other classes")):
             if old is not None and old.get(key) != run[key]:
-                raise UsclfError(f"{self.out.name} was started with {what}: choose another --out, or "
-                                 f"delete {self.out.name} and {self.state.name}/ to start over")
+                raise UsclfError(f"{self.out.name} was started with {what}: choose another --out, or {start_over}")
         entries, good = [], 0
         if self.log.is_file():
             with open(self.log, "rb") as fh:
                 for line in fh:
                     try:
+                        if not line.endswith(b"\n"):
+                            raise ValueError
                         entries.append(json.loads(line))
                     except ValueError:
-                        break      # a line torn by a kill: that folder is redone
+                        break      # a line torn by a kill or a full disk: that folder is redone
                     good += len(line)
             os.truncate(self.log, good)
+        self._log_size = good
         if self.fmt == "parquet":
-            keep = {e["part"] for e in entries}
-            for p in self.state.glob("*.parquet*"):
-                if p.name not in keep:
-                    p.unlink()     # a part or temp file of a folder that never finished
+            self._drop_unrecorded_parts(entries)
         elif self.out.is_file():
             os.truncate(self.out, entries[-1]["end"] if entries else 0)
         elif entries:
-            raise UsclfError(f"{self.out.name} is missing but {self.state.name}/ records finished "
-                             f"folders: delete {self.state.name}/ to start over")
+            raise UsclfError(f"{self.out.name} is missing but {self.state.name}/ records finished folders: "
+                             f"{start_over}")
         return entries
 
-    def done(self) -> set[str]:
-        return {e["unit"] for e in self.entries}
+    def _drop_unrecorded_parts(self, entries: list[dict]) -> None:
+        keep = {e["part"] for e in entries}
+        for p in self.state.glob("*.parquet*"):
+            if p.name not in keep:
+                p.unlink()         # a part or temp file of a folder that never got recorded
+
+    def done(self) -> tuple[set[str], set[str]]:
+        """(recorded files, folders recorded as a whole by an older version)."""
+        files = {f for e in self.entries for f in e.get("files", ())}
+        return files, {e["unit"] for e in self.entries if "files" not in e}
+
+    def recorded(self) -> tuple[int, int, int]:
+        """(bytes, rows, files) recorded so far."""
+        if self.fmt == "parquet":
+            parts = [self.state / e["part"] for e in self.entries if e["part"]]
+            size = sum(p.stat().st_size for p in parts if p.is_file())
+        else:
+            size = self.entries[-1]["end"] if self.entries else 0
+        return size, sum(e["rows"] for e in self.entries), sum(len(e.get("files", ())) for e in self.entries)
 
     def write(self, rows: list[dict]) -> None:
         if self.fmt == "parquet":
@@ -105,9 +124,9 @@ class _Output:
         else:
             self._fh.writelines(json.dumps(r, allow_nan=False) + "\n" for r in rows)
 
-    def commit(self, unit: str, n_rows: int, exams: dict[str, list[int]]) -> None:
+    def commit(self, unit: str, files: list[str], n_rows: int, exams: dict[str, list[int]]) -> None:
         """Make the folder's rows durable, then record it (a kill in between only redoes this folder)."""
-        entry: dict = {"unit": unit, "rows": n_rows, "exams": exams}
+        entry: dict = {"unit": unit, "files": files, "rows": n_rows, "exams": exams}
         if self.fmt == "parquet":
             entry["part"] = ""
             if self._fh is not None:
@@ -120,21 +139,49 @@ class _Output:
                 os.fsync(self._fh.fileno())
             entry["end"] = self.out.stat().st_size if self.out.exists() else 0
         self._fh, self._part = None, None
-        with open(self.log, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry) + "\n")
+        line = (json.dumps(entry) + "\n").encode()
+        with open(self.log, "ab") as fh:
+            fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
+        self._log_size += len(line)
         self.entries.append(entry)
         self.new_units += 1
 
     def close(self) -> None:
-        if self._fh is not None:   # interrupted mid-folder: the temp part / unrecorded rows are dropped on resume
+        if self._fh is not None:
             self._fh.close()
             self._fh = None
 
+    def abort(self) -> None:
+        """After a failure: cut output and log back to the last recorded folder now (a resume would anyway), so
+        what is left is valid and frees the space of the unrecorded rows."""
+        fh, self._fh = self._fh, None
+        with contextlib.suppress(OSError):
+            if fh is not None:
+                fh.close()         # may fail again on a full disk; the descriptor is closed all the same
+        with contextlib.suppress(OSError):
+            for p in self.state.glob("*.tmp*"):
+                p.unlink()
+            if self.fmt == "parquet":
+                self._drop_unrecorded_parts(self.entries)
+            elif self.out.is_file():
+                os.truncate(self.out, self.entries[-1]["end"] if self.entries else 0)
+            if self.log.is_file():
+                os.truncate(self.log, self._log_size)
+
+    def _merged(self) -> bool:
+        """Whether `out` already holds every recorded part (a crash or full disk can stop a merge)."""
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.read_metadata(self.out).num_rows == sum(e["rows"] for e in self.entries if e["part"])
+        except (OSError, ValueError):
+            return False
+
     def finish(self, exams_path: Path) -> None:
         """Merge parquet parts (if anything changed) and write the per-exam inventory."""
-        if self.fmt == "parquet" and (self.new_units or not self.out.exists()):
+        if self.fmt == "parquet" and (self.new_units or not self._merged()):
             import pyarrow.parquet as pq
 
             with pq.ParquetWriter(str(self.state / "merge.tmp"), self.schema) as w:
