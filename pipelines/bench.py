@@ -5,11 +5,13 @@
     python pipelines/bench.py pipeline  # full pretrain step with data vs the raw model step (same batch
                                         # shape); naive decode-every-step loader vs the memory-mapped cache
     python pipelines/bench.py predict   # `usclf predict` images/s from files vs the model alone
+    python pipelines/bench.py ingest    # ingest frames/s, PNG and DICOM, decoding in 0 / 1 / 2 / all-core workers
 Ratios are measured in one run, since these machines are noisy.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -39,12 +41,27 @@ def timed(fn, min_seconds: float = 3.0, warmup: int = 1) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-def bench_ingest(tmp: Path, exams: int, size: int) -> float:
-    raw = tmp / "raw"
-    simulate(raw, SimulateConfig(exams=exams, size=int(size * 1.5), seed=1), progress=False)
+def bench_ingest(tmp: Path, exams: int, size: int, workers: int = 0, fmt: str = "png") -> float:
+    raw = tmp / f"raw_{fmt}"
+    if not raw.is_dir():
+        simulate(raw, SimulateConfig(exams=exams, size=int(size * 1.5), seed=1, format=fmt), progress=False)
     t0 = time.perf_counter()
-    res = ingest(raw, tmp / f"ds{size}", raw / "labels.csv", IngestConfig(size=size), progress=False)
+    res = ingest(raw, tmp / f"ds{size}_w{workers}_{fmt}", raw / "labels.csv", IngestConfig(size=size, workers=workers),
+                 progress=False)
     return res.n_frames_kept / (time.perf_counter() - t0)
+
+
+def bench_ingest_workers(args) -> None:
+    """Ingest frames/s with decoding in 0 (in-process), 1, 2 and all-core worker processes."""
+    cores = os.cpu_count() or 1
+    print(f"ingest, {args.exams} simulated exams at {args.size} px, {cores} cores")
+    with tempfile.TemporaryDirectory() as d:
+        for fmt in ("png", "dicom"):
+            base = None
+            for w in sorted({0, 1, 2, cores}):
+                rate = bench_ingest(Path(d), args.exams, args.size, workers=w, fmt=fmt)
+                base = base or rate
+                print(f"  {fmt:<6} workers={w:<3} {rate:8.1f} frames/s  ({rate / base:.2f}x in-process)")
 
 
 def loader_rate(ds, size: int, views: tuple[str, ...], batch_exams: int, workers: int) -> float:
@@ -177,13 +194,14 @@ def step_rate_infer(size: int, batch: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["data", "pipeline", "predict"], help="which benchmark to run")
+    p.add_argument("what", choices=["data", "pipeline", "predict", "ingest"], help="which benchmark to run")
     p.add_argument("--size", type=int, default=64, help="image size for pipeline/predict (default 64)")
     p.add_argument("--exams", type=int, default=40, help="simulated exams for the ingest/loader benchmark")
     p.add_argument("--batch", type=int, default=64, help="images per training step (two views each)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the loader benchmark")
     args = p.parse_args(argv)
-    {"data": bench_data, "pipeline": bench_pipeline, "predict": bench_predict_cmd}[args.what](args)
+    {"data": bench_data, "pipeline": bench_pipeline, "predict": bench_predict_cmd,
+     "ingest": bench_ingest_workers}[args.what](args)
     return 0
 
 

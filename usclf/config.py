@@ -43,6 +43,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except UsclfError as e:  # try the next member of the union
                 errors.append(str(e))
+        if len(errors) == 1:  # `int | None`: the int's own message says more than the union's
+            raise UsclfError(errors[0] + " (or null)")
         raise UsclfError(f"config key '{key}': cannot read {value!r} as {tp}")
     if _is_dataclass_type(tp):
         if isinstance(value, tp):
@@ -124,7 +126,7 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
                 valid = ", ".join((where + "." if where else "") + k for k in types)
                 raise UsclfError(f"unknown config key '{key}'; valid keys: {valid}")
             if i == len(parts) - 1:
-                node[part] = value
+                node[part] = _raw_for_text(types[part], raw, value)
             elif typing.get_origin(types[part]) is dict or types[part] is dict:
                 # a free mapping (e.g. a method's `options`): the rest of the key is one entry, checked later
                 node.setdefault(part, {})
@@ -136,6 +138,19 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
                     raise UsclfError(f"config key '{'.'.join(parts[:i + 1])}' has no sub-keys")
                 node = node[part]
     return from_dict(type(cfg), data)
+
+
+def _raw_for_text(tp: Any, raw: str, parsed: Any) -> Any:
+    """A text field takes the command-line text verbatim: YAML would turn `out=yes` into True -> "True",
+    `out=0x10` into 16 -> "16". An optional text field reads `null` / `~` as None."""
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    inner = [a for a in args if a is not type(None)] if args else [tp]
+    if inner != [str]:
+        return parsed
+    if optional and raw.strip() in ("null", "~", "None"):
+        return None
+    return raw
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
