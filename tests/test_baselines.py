@@ -44,7 +44,7 @@ def blobs_npz(path, per_class=40, seed=0):
 def test_registry_holds_exactly_the_documented_methods():
     get_baseline(BaselineConfig(method="kmeans"))       # imports every method module
     assert set(BASELINES) == set(METHODS)
-    with pytest.raises(UsclfError, match="unknown baseline 'deep-magic'; valid: ae-kmeans, cae-kmeans, cdec, cidec, dec, deepcluster"):
+    with pytest.raises(UsclfError, match="unknown baseline 'deep-magic'; valid: ae-kmeans, cae-kmeans, cdec, cidec, dcec, dec, deepcluster"):
         get_baseline(BaselineConfig(method="deep-magic"))
     with pytest.raises(UsclfError, match="ae.epochs must be > 0"):
         get_baseline(BaselineConfig(method="idec", ae=AEConfig(epochs=0)))

@@ -125,7 +125,7 @@ def _baseline_help() -> str:
 
 
 @command("baseline", "classic clustering baselines (k-means on pixels/PCA/HOG/LBP, AE + k-means, DEC, IDEC, "
-         "IDEC + graph, CAE + k-means, CDEC, CIDEC, DeepCluster): fit, then the shared matching and evaluation", "usclf.stages.baselines.run:run_baseline")
+         "IDEC + graph, CAE + k-means, CDEC, CIDEC, DCEC, IDCEC, DeepCluster): fit, then the shared matching and evaluation", "usclf.stages.baselines.run:run_baseline")
 def _baseline(p):
     p.add_argument("--method", help="baseline to run (default dec). " + _baseline_help())
     p.add_argument("--data", help="dataset folder from `usclf ingest`, or a MedMNIST/USPS/MNIST .npz (key data)")

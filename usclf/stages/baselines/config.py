@@ -16,6 +16,8 @@ METHODS = {
     "cae-kmeans": "k-means on the code of a pretrained convolutional autoencoder (paper 001)",
     "cdec": "CDEC: DEC on the convolutional autoencoder (paper 001)",
     "cidec": "CIDEC: IDEC on the convolutional autoencoder (paper 001)",
+    "dcec": "DCEC: IDEC on Guo et al.'s strided convolutional autoencoder (conv 32-64-128, code = K)",
+    "idcec": "IDCEC: DCEC with input noise + weight decay, then a CNN on the reliable samples (paper 004)",
     "deepcluster": "DeepCluster/DeepMCAT: k-means pseudo-labels on the CNN's features each epoch (paper 002)",
 }
 
@@ -68,6 +70,53 @@ class DECConfig:
 
 
 @dataclass
+class DCECConfig:
+    """DCEC (Guo et al. 2017), settings of the official Keras code (XifengGuo/DCEC, DCEC.py / ConvAE.py)."""
+    filters: list[int] = field(default_factory=lambda: [32, 64, 128])  # 5x5/5x5/3x3 convs, stride 2, ReLU
+    code: int | None = None     # dense embedding; None = K (official: filters[3] = n_clusters)
+    epochs: int = 200           # official: 200 pretraining epochs, batch 256, Keras 'adam' (lr 0.001), 'mse'
+    batch_size: int = 256
+    lr: float = 1.0e-3
+    weights: str | None = None  # reuse the autoencoder.pt of an earlier run instead of pretraining
+    # official clustering phase: adam 0.001, batch 256, update_interval 140, tol 0.001, maxiter 2e4,
+    # loss_weights [gamma = 0.1 (kld), 1 (mse)], k-means n_init 20 (features.n_init)
+    cluster: DECConfig = field(default_factory=lambda: DECConfig(lr=1.0e-3, batch_size=256, update_interval=140,
+                                                                 tol=0.001, max_steps=20000, gamma=0.1))
+
+
+@dataclass
+class CNNConfig:
+    """IDCEC's classifier on the reliable samples (paper 004 Sec. 4.3, 4.6; official idcec.py)."""
+    filters: list[int] = field(default_factory=lambda: [32, 64])  # 5x5 conv + ReLU + 2x2 max-pool per block
+    dense: int = 1024           # then a dense 1024 ReLU layer, dropout, a dense K softmax
+    dropout: float = 0.5        # paper Sec. 4.6: dropout 0.5 before the last fully connected layer
+    epochs: int = 50            # official idcec.py: 50 epochs, batch 256 (the paper: "until convergence")
+    batch_size: int = 256
+    lr: float = 1.0e-4          # paper Sec. 4.3: Adam 1e-4, cross-entropy
+
+
+@dataclass
+class IDCECConfig(DCECConfig):
+    """IDCEC (paper 004, Lu et al. 2022; official code hulu88/IDCEC): the official code's pooled autoencoder
+    (5x5 conv + LeakyReLU(0.2) + 2x2 max-pool twice, 3x3 stride-2 conv, code = K; mirrored with upsampling)."""
+    epochs: int = 400           # official cae.py: 400 pretraining epochs (paper: no count), batch 256, adam
+    # official dcec.py of IDCEC: maxiter 4000 (paper Sec. 3.2: stop at the maximum iterations), interval 140,
+    # tol 0.001; gamma is alpha of Eq. 1 = 0.1 (Sec. 4.3)
+    cluster: DECConfig = field(default_factory=lambda: DECConfig(lr=1.0e-3, batch_size=256, update_interval=140,
+                                                                 tol=0.001, max_steps=4000, gamma=0.1))
+    beta: float = 1.0e-6        # Eq. 1 weight of L_w (Eq. 6), Sec. 4.3; the official code has no such term
+    noise: float = 0.1          # std of the Gaussian noise on the [0, 1] inputs, pretraining and clustering (Sec. 3.1
+                                # "a small amount of random noise", no value; the official code adds none)
+    rotation: float = 5.0       # augmentation in pretraining and CNN training: official ImageDataGenerator
+    shift: float = 0.05         # rotation_range 5 deg, width/height_shift_range 0.05
+    zoom: float = 0.0           # Sec. 4.3/4.6 mention scaling without a range; the official code uses none
+    lam: float = 0.65           # Sec. 4.3 lambda (official default 0.60, 0.98 for USPS)
+    rounds: int = 1             # Algorithm 1: one selection + CNN; official idcec.py runs 30 rounds, each
+                                # re-selecting on k-means of the previous CNN's softmax outputs (rounds=30)
+    cnn: CNNConfig = field(default_factory=CNNConfig)
+
+
+@dataclass
 class GraphConfig:
     """Graph embedding of paper 000 (IDEC + graph)."""
     k: int = 1                  # Delta(x): the nearest neighbour (Eq. 7)
@@ -109,4 +158,6 @@ class BaselineConfig:
     cae: ConvAEConfig = field(default_factory=ConvAEConfig)
     dec: DECConfig = field(default_factory=DECConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    dcec: DCECConfig = field(default_factory=DCECConfig)
+    idcec: IDCECConfig = field(default_factory=IDCECConfig)
     deepcluster: DeepClusterConfig = field(default_factory=DeepClusterConfig)

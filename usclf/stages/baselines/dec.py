@@ -1,6 +1,7 @@
 """Autoencoder baselines: AE + k-means, DEC, IDEC, IDEC + graph embedding (paper 000; Xie et al. 2016;
 Guo et al. 2017) and their convolutional twins CAE + k-means, CDEC, CIDEC (paper 001). Pretraining and the
-clustering phase both run in the shared Trainer."""
+clustering phase both run in the shared Trainer; DCEC / IDCEC (dcec.py) reuse them through the hooks
+`_build`, `pretrain_loss`, `settings` and `cluster_loss`."""
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ from ...losses.graph import graph_loss, graph_pairs, knn_graph
 from ...train.checkpoint import load_checkpoint, save_checkpoint
 from ...train.loop import OptimConfig, TrainConfig, Trainer
 from .autoencoders import ConvAE, DenseAE, check_conv_size
+from .config import DECConfig
 from .features import kmeans, raw_pixels
 from .registry import Assignment, Baseline, FitContext, check_positive, one_hot, register
 
@@ -121,7 +123,7 @@ class _AutoencoderBaseline(Baseline):
         X = torch.as_tensor(raw_pixels(images), device=device)
         return X.view(len(images), 1, *images.shape[1:]) if self.conv else X
 
-    def _build(self, X: torch.Tensor) -> tuple[nn.Module, dict]:
+    def _build(self, X: torch.Tensor, k: int) -> tuple[nn.Module, dict]:
         a = getattr(self.cfg, self.section)
         if self.conv:
             arch = {"kind": "conv", "size": list(X.shape[2:]), "filters": list(a.filters), "code": a.code}
@@ -133,7 +135,7 @@ class _AutoencoderBaseline(Baseline):
         """The autoencoder (loaded from <section>.weights or ctx.out/autoencoder.pt when present, else trained)."""
         a, gamma = getattr(self.cfg, self.section), self.cfg.graph.gamma_pretrain if self.uses_graph else 0.0
         torch.manual_seed(ctx.seed)
-        ae, arch = self._build(X)
+        ae, arch = self._build(X, ctx.k)
         saved = Path(a.weights) if a.weights else ctx.out / "autoencoder.pt"
         if saved.is_file() and (a.weights or ctx.resume):
             ck = load_checkpoint(saved)
@@ -144,19 +146,23 @@ class _AutoencoderBaseline(Baseline):
             return ae.to(X.device)
 
         def step(net, idx, _):
-            x = X[idx]
-            z, xr = net(x)
-            rec = nn.functional.mse_loss(xr, x)
+            loss, z, parts = self.pretrain_loss(net, X[idx])
             if not gamma:
-                return rec, {"rec": rec}
+                return loss, parts
             g = _graph_term(lambda v: net(v)[0], X, idx, z, nbrs)
-            return rec + gamma * g, {"rec": rec, "graph": g}
+            return loss + gamma * g, {**parts, "graph": g}
 
         steps = math.ceil(len(X) / min(a.batch_size, len(X)))
         Trainer(ae, self._train_cfg(ctx, a.lr, a.epochs, steps), step, ctx.out / "ae_checkpoints", ctx.tracker).fit(
             IndexBatches(len(X), a.batch_size, steps, ctx.seed), resume=ctx.resume)
         save_checkpoint(saved, {"model": ae.state_dict(), "arch": arch, "graph_gamma": gamma})
         return ae
+
+    def pretrain_loss(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(loss, embedding, logged parts) of one pretraining batch: the reconstruction MSE."""
+        z, xr = net(x)
+        rec = nn.functional.mse_loss(xr, x)
+        return rec, z, {"rec": rec}
 
     def fit(self, images: np.ndarray, ctx: FitContext) -> Assignment:
         X = self._inputs(images, ctx.device)
@@ -184,25 +190,35 @@ class DEC(_AutoencoderBaseline):
     name = "dec"
     reconstruct = False
 
+    @property
+    def settings(self) -> DECConfig:
+        """The clustering-phase settings (DCEC / IDCEC keep their own in <section>.cluster)."""
+        return self.cfg.dec
+
+    def cluster_loss(self, net: nn.Module, model: DECModel, X: torch.Tensor, idx: torch.Tensor, nbrs):
+        """(loss, logged parts) of one clustering batch: gamma L_c (+ L_r for IDEC, + the graph term)."""
+        d = self.settings
+        gamma, g2 = (d.gamma if self.reconstruct else 1.0), (self.cfg.graph.gamma if self.uses_graph else 0.0)
+        x = X[idx]
+        z, q, xr = net(x)
+        kl = dec_kl(model.target[idx], q)
+        loss, parts = gamma * kl, {"kl": kl}
+        if self.reconstruct:   # IDEC (Eq. 9): L_r + gamma_1 L_c
+            parts["rec"] = nn.functional.mse_loss(xr, x)
+            loss = loss + parts["rec"]
+        if g2:
+            parts["graph"] = _graph_term(lambda v: net(v)[0], X, idx, z, nbrs)
+            loss = loss + g2 * parts["graph"]
+        return loss, parts
+
     def cluster(self, ae, X, labels, centers, ctx, nbrs) -> Assignment:
-        d, n = self.cfg.dec, len(X)
+        d, n = self.settings, len(X)
         model = DECModel(ae, centers, n, d.alpha).to(X.device)
         model.labels.copy_(torch.as_tensor(labels, device=X.device))
         model.target.copy_(dec_target(_encode_all(model, X)[1]))
-        gamma, g2 = (d.gamma if self.reconstruct else 1.0), (self.cfg.graph.gamma if self.uses_graph else 0.0)
 
         def step(net, idx, _):
-            x = X[idx]
-            z, q, xr = net(x)
-            kl = dec_kl(model.target[idx], q)
-            loss, parts = gamma * kl, {"kl": kl}
-            if self.reconstruct:   # IDEC (Eq. 9): L_r + gamma_1 L_c
-                parts["rec"] = nn.functional.mse_loss(xr, x)
-                loss = loss + parts["rec"]
-            if g2:
-                parts["graph"] = _graph_term(lambda v: net(v)[0], X, idx, z, nbrs)
-                loss = loss + g2 * parts["graph"]
-            return loss, parts
+            return self.cluster_loss(net, model, X, idx, nbrs)
 
         def refresh(epoch, m):
             """Every update_interval steps: new target P, stop when < tol of the labels changed."""

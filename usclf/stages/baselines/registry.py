@@ -65,7 +65,7 @@ def register(cls: type[Baseline]) -> type[Baseline]:
 
 def get_baseline(cfg: BaselineConfig) -> Baseline:
     """The configured baseline, validated."""
-    for module in ("dec", "deepcluster", "features"):  # importing them registers the methods
+    for module in ("dec", "dcec", "deepcluster", "features"):  # importing them registers the methods
         importlib.import_module(f"{__package__}.{module}")
 
     if cfg.method not in BASELINES:
