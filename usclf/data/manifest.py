@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from ..errors import UsclfError
@@ -42,11 +41,6 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
     else:
         df.to_csv(tmp, index=False)
     tmp.replace(p)
-
-
-def label_matrix(df: pd.DataFrame, classes: list[str]) -> np.ndarray:
-    """N x C float32 label matrix (NaN where unlabeled)."""
-    return df[classes].to_numpy(dtype=np.float32)
 
 
 def validate_manifest(df: pd.DataFrame, classes: list[str], root: str | Path | None = None,

@@ -105,10 +105,6 @@ def get_dist_info() -> DistInfo:
     return DistInfo()
 
 
-def is_main_process() -> bool:
-    return get_dist_info().is_main
-
-
 class _GatherWithGrad(torch.autograd.Function):
     """Concatenate a tensor along dim 0 across ranks; rows may differ in number per rank.
 
