@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,18 @@ def shared_data(*parts: str) -> Path:
         if (base.joinpath(*parts)).is_file():
             return base.joinpath(*parts)
     return Path("/work/shared/data").joinpath(*parts)
+
+
+@contextmanager
+def tiny_disk(path: Path, kb: int):
+    """A real `kb` kB tmpfs at `path` for full-disk tests (skips the test where mounting needs root we lack)."""
+    path.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs", str(path)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a {kb} kB tmpfs here ({r.stderr.strip()[:80]}): needs root")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)

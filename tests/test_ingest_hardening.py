@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -17,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import simulated_dataset
+from conftest import simulated_dataset, tiny_disk
 from usclf.cli import main
 from usclf.data.cache import open_dataset
 from usclf.data.ingest import IngestConfig, ingest, read_labels_csv
@@ -183,18 +182,6 @@ def test_resume_refuses_a_changed_run_and_a_fresh_run_clears_stale_outputs(datas
 
 
 # ------------------------------------------------------------------------------------------ full disk
-@contextmanager
-def _tiny_disk(path: Path, kb: int):
-    path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs", str(path)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({r.stderr.decode().strip()[:80]}): needs root")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], capture_output=True)
-
-
 def _cine_export(root: Path, files: int, frames: int, size: int = 64) -> Path:
     """Multi-frame ultrasound DICOMs: more frames than files, so a per-file space estimate is too low."""
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -220,7 +207,7 @@ def _cine_export(root: Path, files: int, frames: int, size: int = 64) -> Path:
 
 def test_full_disk_during_ingest_is_one_line_and_leaves_nothing_half_written(tmp_path):
     export = _cine_export(tmp_path / "cine", files=4, frames=40)      # 160 frames x 16 kB = 2.6 MB of cache
-    with _tiny_disk(tmp_path / "disk", 1024) as disk:
+    with tiny_disk(tmp_path / "disk", 1024) as disk:
         r = _cli("ingest", str(export), "--out", str(disk / "ds"), "--quiet", "--size", "128")
         _one_line_error(r, "no space left on device", str(disk / "ds"), "MB")
         assert not list((disk / "ds").glob("images.npy*"))
@@ -232,7 +219,7 @@ def test_full_disk_during_ingest_is_one_line_and_leaves_nothing_half_written(tmp
 def test_a_cache_that_fits_once_is_written_once(tmp_path):
     """The old writer held the cache twice (a part file, then a memory-mapped copy): SIGBUS on a full disk."""
     export = _export(tmp_path / "exp", exams=10, per_exam=10)         # 100 frames x 16 kB = 1.6 MB
-    with _tiny_disk(tmp_path / "disk", 2600) as disk:
+    with tiny_disk(tmp_path / "disk", 2600) as disk:
         res = ingest(export, disk / "ds", cfg=IngestConfig(size=128, classes=CLASSES), progress=False)
         assert res.n_frames_kept == 100
         assert open_dataset(disk / "ds").images.shape == (100, 128, 128)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import tiny_disk
 from test_predict import SALT, _read, _same, _world
 from usclf.errors import UsclfError
 from usclf.stages import predict_output
@@ -261,15 +262,7 @@ def _check_after_full_disk(world, out: Path, ext: str) -> None:
 
 @pytest.mark.parametrize("ext", [".csv", ".parquet"])
 def test_full_disk_on_a_real_tiny_filesystem(world, tmp_path, ext):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a 200 KB tmpfs for a real ENOSPC")
-    small = tmp_path / "small"
-    small.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(small)], capture_output=True,
-                       text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with tiny_disk(tmp_path / "small", 200) as small:
         st = os.statvfs(small)
         (small / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 4 * 4096))   # 4 pages left
         out = small / f"p{ext}"
@@ -277,9 +270,6 @@ def test_full_disk_on_a_real_tiny_filesystem(world, tmp_path, ext):
         assert re.fullmatch(re.escape(ONE_LINE) + _NO_SPACE.format(out=re.escape(str(out))), line), line
         (small / "filler").unlink()
         _check_after_full_disk(world, out, ext)
-    finally:
-        if subprocess.run(["umount", str(small)]).returncode:
-            subprocess.run(["umount", "-l", str(small)])
 
 
 def test_full_disk_simulated_mid_row(world, tmp_path, monkeypatch):

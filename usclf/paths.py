@@ -17,15 +17,6 @@ def check_out_dir(path: str | Path, what: str = "--out") -> Path:
     return p
 
 
-def check_out_file(path: str | Path, what: str = "--out") -> Path:
-    """`path` must be a file or not exist yet (never a folder), and no part above it may be a file."""
-    p = Path(path)
-    if p.is_dir():
-        raise UsclfError(f"{what} {p} is a folder; give a file name (e.g. {p / 'predictions.csv'})")
-    _no_file_above(p.parent, what)
-    return p
-
-
 def _no_file_above(p: Path, what: str) -> None:
     for parent in [p, *p.parents]:
         if parent.exists():

@@ -19,7 +19,6 @@ run and never written: set one for ids stable across runs); paths are relative t
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import secrets
@@ -36,6 +35,7 @@ import torch
 from ..data.ingest import SALT_ENV, _hash, _Outcome, _process_file, exam_key_of
 from ..data.transforms import AugmentConfig, build_transform
 from ..errors import UsclfError
+from ..paths import is_no_space
 from ..eval.thresholds import apply_thresholds
 from ..models.modelfile import load_model_file
 from ..train.distributed import resolve_device
@@ -206,7 +206,7 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
                 output.abort()
                 raise
     except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_no_space(e):
             raise UsclfError(no_space_message(out, output.recorded() if output else (0, 0, 0),
                                               counts["todo_files"] - counts["files"], len(columns),
                                               fmt == "parquet")) from None
