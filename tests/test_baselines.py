@@ -175,13 +175,8 @@ def test_config_file_states_the_defaults():
 
 @pytest.mark.skipif(not BREASTMNIST.is_file(), reason=f"{BREASTMNIST} not present")
 def test_breastmnist_check_pipeline_structure(tmp_path, mlflow_uri):
-    import importlib.util
-    from pathlib import Path
+    from usclf.studies import baseline_check as mod
 
-    path = Path(__file__).resolve().parents[1] / "pipelines" / "baseline_check.py"
-    spec = importlib.util.spec_from_file_location("baseline_check", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     table = mod.run(tmp_path, BREASTMNIST, seeds=[0], methods=["kmeans", "ae-kmeans", "dec"], ae_epochs=2,
                     tracking_uri=mlflow_uri)
     assert list(table.index) == ["kmeans", "ae-kmeans", "dec"]

@@ -2,8 +2,7 @@
 diagnostics columns, a re-run that skips finished cells, and the Markdown report."""
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from pathlib import Path
 
 import pandas as pd
@@ -15,11 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "pipelines" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"usclf.studies.{name}")
 
 
 def test_strategy_names_are_checked():
@@ -29,6 +24,11 @@ def test_strategy_names_are_checked():
     for bad in ("semisup-dc", "supervised-dc:fixmatch-twohead", "boosting-dc"):
         with pytest.raises(UsclfError):
             ev.parse_strategy(bad)
+    variants = {"ema": ["teacher=ema", "train.ema=0.999"]}
+    assert ev.split_variant("fixmatch-twohead+ema", variants) == ("fixmatch-twohead", ["teacher=ema", "train.ema=0.999"])
+    assert ev.split_variant("fixmatch-twohead", variants) == ("fixmatch-twohead", [])
+    with pytest.raises(UsclfError, match=r"variant '\+tau' is not defined"):
+        ev.split_variant("fixmatch-twohead+tau", variants)
 
 
 def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):

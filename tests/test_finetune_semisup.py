@@ -26,12 +26,13 @@ from usclf.losses.fixmatch import fixmatch_onehead_unlabeled, fixmatch_twohead_u
 from usclf.losses.supervised import multilabel_bce
 from usclf.models.backbone import IMAGENET_ENV
 from usclf.models.heads import build_classifier
-from usclf.models.modelfile import load_model_file, save_model_file
+from usclf.models.modelfile import ModelInfo, load_model_file, save_model_file
 from usclf.stages.common import infer
 from usclf.stages.scoring import sigmoid, val_weighted_f1
 from usclf.methods.fixmatch import FixMatchOneHead, FixMatchTwoHead
 from usclf.methods.semisup_base import MethodSetup
-from usclf.stages.semisup import combo_targets, unlabeled_rows
+from usclf.methods.semisup_base import combo_targets
+from usclf.stages.unlabeled_loader import unlabeled_rows
 from usclf.stages.unlabeled_loader import StepBatchSampler, fixmatch_loader, unlabeled_dataset
 from usclf.train.loop import OptimConfig, TrainConfig, Trainer
 
@@ -74,11 +75,11 @@ def test_finetune_cli_end_to_end(dataset, mlflow_uri, tmp_path):
                  "--init", "random", "--label-fraction", "0.5", "--seed", "3", *SMALL, "train.epochs=3"]) == 0
     model, meta = load_model_file(out / "model.pt")
     data = split_data(dataset)
-    assert model.head.kind == "multilabel" and meta["stage"] == "finetune" and meta["method"] == "supervised"
-    assert meta["classes"] == data.classes
+    assert model.head.kind == "multilabel" and meta.stage == "finetune" and meta.method == "supervised"
+    assert meta.classes == data.classes
     # the label fraction: half of the train exams (seed 3), every image of them, nothing else
     kept = label_fraction_mask(data.manifest, 0.5, 3)
-    assert meta["n_train_images"] == kept.sum() < (data.manifest["split"] == "train").sum()
+    assert meta.provenance["n_train_images"] == kept.sum() < (data.manifest["split"] == "train").sum()
 
     client, run = run_of(mlflow_uri, "usclf-finetune", "finetune")
     p = run.data.params
@@ -92,7 +93,7 @@ def test_finetune_cli_end_to_end(dataset, mlflow_uri, tmp_path):
     s_val = sigmoid(infer(model, data, val, AugmentConfig(size=32))["out"])
     y_val = data.labels(val).astype(int)
     assert val_weighted_f1(y_val, s_val) == pytest.approx(max(val_history), abs=1e-9)
-    assert np.allclose(meta["thresholds"], best_f1_thresholds(y_val, s_val))
+    assert np.allclose(meta.thresholds, best_f1_thresholds(y_val, s_val))
 
     # `usclf evaluate` loads the model file and reproduces the test metric logged by finetune
     ev = tmp_path / "ev"
@@ -105,17 +106,17 @@ def test_finetune_cli_end_to_end(dataset, mlflow_uri, tmp_path):
 def test_semisup_two_head_cli_from_a_pretrain_model(dataset, mlflow_uri, tmp_path):
     data = split_data(dataset)
     pre = build_classifier("resnet18", "cluster", num_clusters=5)  # stands for an LSD pretrain model file
-    save_model_file(tmp_path / "pre.pt", pre, stage="pretrain", method="lsd", classes=data.classes)
+    save_model_file(tmp_path / "pre.pt", pre, ModelInfo(data.classes, "pretrain", "lsd"))
     out = tmp_path / "ss"
     assert main(["semisup", "--config", "configs/semisup_demo.yaml", "--heads", "two", "--data", str(dataset),
                  "--out", str(out), "--init", str(tmp_path / "pre.pt"), "--label-fraction", "0.5", "--seed", "3",
                  *SMALL, "mu=2", "eval_every=2", "train.max_steps=4", "train.log_every=1"]) == 0
     model, meta = load_model_file(out / "model.pt")
-    assert model.head.kind == "twohead" and meta["stage"] == "semisup" and meta["heads"] == "two"
+    assert model.head.kind == "twohead" and meta.stage == "semisup" and meta.provenance["heads"] == "two"
     labelled = label_fraction_mask(data.manifest, 0.5, 3)
     vocab, _ = combination_vocabulary(data.labels(np.flatnonzero(labelled)).astype(int))
-    assert meta["vocab"] == [list(v) for v in vocab] and model.head.num_combos == len(vocab)
-    assert len(meta["thresholds"]) == len(data.classes)
+    assert meta.vocab == [list(v) for v in vocab] and model.head.num_combos == len(vocab)
+    assert len(meta.thresholds) == len(data.classes)
 
     client, run = run_of(mlflow_uri, "usclf-semisup", "semisup")
     p = run.data.params
@@ -155,7 +156,7 @@ def test_finetune_imagenet_init_end_to_end(dataset, mlflow_uri, tmp_path, monkey
     model, meta = load_model_file(out / "model.pt")
     assert torch.allclose(model.backbone.conv1.weight, sd["conv1.weight"].sum(dim=1, keepdim=True))
     assert torch.equal(model.backbone.layer3[0].conv1.weight, sd["layer3.0.conv1.weight"])
-    assert meta["init"] == "imagenet"
+    assert meta.provenance["init"] == "imagenet"
 
 
 def test_finetune_imagenet_missing_is_one_line_error(dataset, tmp_path, monkeypatch, capsys):

@@ -27,7 +27,7 @@ from usclf.data.simulate import SimulateConfig, simulate
 from usclf.data.transforms import AugmentConfig, build_transform
 from usclf.errors import UsclfError
 from usclf.models.heads import build_classifier
-from usclf.models.modelfile import save_model_file
+from usclf.models.modelfile import ModelInfo, Preprocess, save_model_file
 from usclf.stages.common import infer, preprocess_meta
 from usclf.stages.predict import predict
 from usclf.stages.scoring import class_scores
@@ -111,12 +111,11 @@ def _world(tmp_path_factory) -> SimpleNamespace:
     rows = np.arange(len(ds.manifest))
     ref_ml = class_scores("multilabel", infer(ml, ds, rows, AugmentConfig(size=32))["out"])
     th = np.median(ref_ml, axis=0)                             # about half the frames positive per class
-    save_model_file(tmp / "ml.pt", ml, classes=ds.classes, thresholds=th.tolist(), matching=[],
-                    preprocess=pre, stage="finetune")
+    save_model_file(tmp / "ml.pt", ml, ModelInfo(ds.classes, "finetune", preprocess=pre, thresholds=th.tolist()))
     cl = _calibrated(build_classifier("resnet18", "cluster", num_clusters=5), ds.images)
     V = np.random.default_rng(0).random((5, len(ds.classes)))
-    save_model_file(tmp / "cl.pt", cl, classes=ds.classes, thresholds=[0.5] * len(ds.classes),
-                    matching=V.tolist(), soft_matching=False, preprocess=pre, stage="pretrain")
+    save_model_file(tmp / "cl.pt", cl, ModelInfo(ds.classes, "pretrain", preprocess=pre,
+                                                 thresholds=[0.5] * len(ds.classes), matching=V.tolist()))
     ref_cl = class_scores("cluster", infer(cl, ds, rows, AugmentConfig(size=32))["out"], V)
     man = ds.manifest.assign(key=list(zip(ds.manifest["path"], ds.manifest["frame"].astype(int))))
     ref = predict(tmp / "ml.pt", raw, tmp / "ref" / "p.csv", batch_size=16, progress=False, salt=SALT)
@@ -205,8 +204,8 @@ def test_clustering_model_scores_are_matched_cluster_label_mixes(world):
 def test_two_head_model_predicts_with_its_sigmoid_head(world, tmp_path):
     ds = world.ds
     m = _calibrated(build_classifier("resnet18", "twohead", num_combos=4, num_classes=len(ds.classes)), ds.images)
-    save_model_file(tmp_path / "two.pt", m, classes=ds.classes, thresholds=[0.5] * len(ds.classes),
-                    preprocess=preprocess_meta(ds, AugmentConfig(size=32)), stage="semisup")
+    save_model_file(tmp_path / "two.pt", m, ModelInfo(ds.classes, "semisup", thresholds=[0.5] * len(ds.classes),
+                                                      preprocess=preprocess_meta(ds, AugmentConfig(size=32))))
     res = predict(tmp_path / "two.pt", world.raw, tmp_path / "p.jsonl", progress=False, salt=SALT)
     pred = _read(res.out).query("status == 'predicted'")
     order = [world.man.index[world.man["key"] == k][0] for k in zip(pred["path"], pred["frame"].astype(int))]
@@ -312,13 +311,12 @@ def test_cli_end_to_end_and_one_line_errors(world, tmp_path, monkeypatch, capsys
 def test_models_without_what_predict_needs_are_refused(world, tmp_path):
     classes = world.ds.classes
     m = build_classifier("resnet18", "multilabel", num_classes=len(classes))
-    pre = {"ingest": {"size": 36}, "input_size": 32}
-    save_model_file(tmp_path / "noth.pt", m, classes=classes, thresholds=[], preprocess=pre)
+    pre = Preprocess({"size": 36}, input_size=32)
+    save_model_file(tmp_path / "noth.pt", m, ModelInfo(classes, preprocess=pre))
     with pytest.raises(UsclfError, match="no per-class thresholds"):
         predict(tmp_path / "noth.pt", world.raw, tmp_path / "a.csv", progress=False)
     c = build_classifier("resnet18", "cluster", num_clusters=5)
-    save_model_file(tmp_path / "nomatch.pt", c, classes=classes, thresholds=[0.5] * len(classes), matching=[],
-                    preprocess=pre)
+    save_model_file(tmp_path / "nomatch.pt", c, ModelInfo(classes, preprocess=pre, thresholds=[0.5] * len(classes)))
     with pytest.raises(UsclfError, match="matching"):
         predict(tmp_path / "nomatch.pt", world.raw, tmp_path / "b.csv", progress=False)
     # resuming an output with another model would mix two models' rows

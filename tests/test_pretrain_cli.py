@@ -31,15 +31,15 @@ def test_pretrain_then_evaluate_cli(dataset, tmp_path, mlflow_uri, method):
     assert main(["pretrain", "--config", "configs/pretrain_lsd_demo.yaml", "--method", method, "--data",
                  str(dataset), "--out", str(out), "--quiet", "train.epochs=2", *TINY]) == 0
     model, meta = load_model_file(out / "model.pt")
-    assert meta["method"] == method and model.head.kind == "cluster"
-    assert meta["num_clusters"] == len(meta["vocab"]) > 1  # K defaults to the label-combination vocabulary
+    assert meta.method == method and meta.stage == "pretrain" and model.head.kind == "cluster"
+    assert model.head.num_clusters == len(meta.vocab) > 1  # K defaults to the label-combination vocabulary
     assert (out / "eval" / "report.csv").is_file() and (out / "eval" / "gallery" / "gallery.html").is_file()
 
     client = MlflowClient(mlflow_uri)
     run = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
            if r.data.tags.get("stage") == "pretrain"][0]
     p = run.data.params
-    assert p["method"] == method and float(p["lambda"]) == 2.0 and int(p["K"]) == meta["num_clusters"]
+    assert p["method"] == method and float(p["lambda"]) == 2.0 and int(p["K"]) == model.head.num_clusters
     assert float(p["alpha"]) == pytest.approx(1.01) and p["seed"] == "0" and len(p["data_hash"]) == 12
     hist = {m.step for m in client.get_metric_history(run.info.run_id, "train/ce")}
     assert hist == {0, 1}  # one value per epoch
@@ -53,7 +53,7 @@ def test_pretrain_then_evaluate_cli(dataset, tmp_path, mlflow_uri, method):
     assert main(["evaluate", "--model", str(out / "model.pt"), "--data", str(dataset), "--out", str(ev),
                  "--quiet", "figures=false"]) == 0
     _, meta2 = load_model_file(ev / "model.pt")
-    assert len(meta2["thresholds"]) == 7 and len(meta2["matching"]) == meta["num_clusters"]
+    assert len(meta2.thresholds) == 7 and len(meta2.matching) == model.head.num_clusters
 
 
 def _run(args, env, wait=True):

@@ -1,8 +1,7 @@
 """Tiny-scale study pipelines: one MLflow parent, the expected nested children with their params, files."""
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from pathlib import Path
 
 import pandas as pd
@@ -16,11 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "pipelines" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"usclf.studies.{name}")
 
 
 TINY = ["data.exams_per_batch=2", "data.max_images_per_exam=4", "augment.size=32", "data.batch_size=8"]
@@ -68,7 +63,7 @@ def test_label_fraction_study_structure(dataset, tmp_path, mlflow_uri):
         data=str(dataset), out=str(tmp_path / "lf"), clustering_model=str(pre / "model.pt"),
         strategies=["supervised-random", "supervised-dc", "semisup-dc"], fractions=[0.5, 1.0], seeds=[0],
         finetune_config="configs/finetune_demo.yaml", semisup_config="configs/semisup_demo.yaml",
-        stage_overrides=TINY, finetune_overrides=["train.epochs=1"],
+        stage_overrides=TINY[1:], finetune_overrides=["train.epochs=1"],  # exams_per_batch is pretrain's only
         semisup_overrides=["train.max_steps=2", "eval_every=1", "mu=2"])
     df = mod.run(cfg, mlflow_uri, progress=False)
     assert len(df) == 6

@@ -56,7 +56,7 @@ def test_failed_run_and_nested_children(mlflow_uri):
     assert client.get_run(tr.run_id).info.status == "FAILED"
     with Tracker(run_name="study") as parent:
         for s in range(2):
-            with parent.child(run_name=f"seed{s}", params={"seed": s}) as child:
+            with Tracker(run_name=f"seed{s}", params={"seed": s}, parent_run_id=parent.run_id) as child:
                 child.log_metrics({"f1": 0.5 + s}, step=0)
     kids = client.search_runs([client.get_experiment_by_name("usclf").experiment_id],
                               filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'")

@@ -252,13 +252,6 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         load_checkpoint(tmp_path / "junk.pt")
 
 
-def test_params_restricts_what_is_optimised(tmp_path):
-    model = tiny_model()
-    frozen = model[0].weight.clone()
-    Trainer(model, cfg(epochs=1), step_fn, tmp_path, params=model[5].parameters()).fit(_seeded_loader())
-    assert torch.equal(model[0].weight, frozen)
-
-
 def test_ema_average_and_buffer_copy():
     model = nn.Sequential(nn.Linear(2, 1), nn.BatchNorm1d(1))
     ema = EMA(model, decay=0.75)

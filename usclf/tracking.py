@@ -118,13 +118,6 @@ class Tracker:
         status = "FINISHED" if exc_type is None else ("KILLED" if exc_type is KeyboardInterrupt else "FAILED")
         self.end(status)
 
-    def child(self, run_name: str | None = None, params: Any = None, tags: dict[str, Any] | None = None
-              ) -> "Tracker":
-        """A nested run under this one (same store and experiment); start it with `with`."""
-        if self.enabled and self.run_id is None:
-            raise UsclfError("start the parent run before creating a nested run")
-        return Tracker(self.uri, self.experiment, run_name, params, tags, self.run_id, self.enabled)
-
     # ---------------------------------------------------------------- logging
     def _check(self) -> bool:
         if not self.enabled:

@@ -90,14 +90,15 @@ def _walk(root: Path, exclude: Path, labels_csv: Path | None) -> tuple[list[Path
 
 
 @dataclass
-class _Outcome:
+class FileOutcome:
+    """One file read and cleaned: its frames (or why it was skipped); shared with `usclf predict`."""
     rel: str
     sha1: str
     frames: list[tuple[int, np.ndarray | None, str, dict]]  # (frame, image | None, drop reason, meta)
     skip: str = ""                                          # file-level skip reason
 
 
-def _process_file(task: tuple[str, str, dict]) -> _Outcome:
+def read_and_clean_file(task: tuple[str, str, dict]) -> FileOutcome:
     """Decode + clean one file (runs in a worker process when cfg.workers > 0)."""
     abs_path, rel, prep = task
     try:
@@ -105,7 +106,7 @@ def _process_file(task: tuple[str, str, dict]) -> _Outcome:
         with open(abs_path, "rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
-        out = _Outcome(rel, h.hexdigest(), [])
+        out = FileOutcome(rel, h.hexdigest(), [])
         for item in iter_frames(abs_path):
             if isinstance(item, Skip):
                 if item.frame_index is None:
@@ -120,19 +121,19 @@ def _process_file(task: tuple[str, str, dict]) -> _Outcome:
             out.frames.append((item.frame_index, img, reason, item.meta))
         return out
     except Exception as e:  # never let one file end the ingest
-        return _Outcome(rel, "", [], f"error: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        return FileOutcome(rel, "", [], f"error: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
 
 
-def _outcomes(tasks: list[tuple[str, str, dict]], workers: int) -> Iterator[_Outcome]:
+def _outcomes(tasks: list[tuple[str, str, dict]], workers: int) -> Iterator[FileOutcome]:
     if workers <= 0:
-        yield from map(_process_file, tasks)
+        yield from map(read_and_clean_file, tasks)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn: forking a process that may hold torch/OpenMP threads is unsafe
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as ex:
-        yield from ex.map(_process_file, tasks, chunksize=4)
+        yield from ex.map(read_and_clean_file, tasks, chunksize=4)
 
 
 # ------------------------------------------------------------------------------------------ ingest
@@ -147,7 +148,8 @@ def exam_key_of(rel: str, meta: dict, csv_exam_id: str = "") -> str:
     return "folder:" + (parts[0] if len(parts) > 1 else rel)
 
 
-def _hash(prefix: str, salt: str, key: str) -> str:
+def salted_id(prefix: str, salt: str, key: str) -> str:
+    """prefix + 12 hex of sha256(salt, key): exam/patient ids that never show the original identifier."""
     return prefix + hashlib.sha256(f"{salt}\0{key}".encode()).hexdigest()[:12]
 
 
@@ -246,7 +248,7 @@ def _relative(reason: str, root: Path) -> str:
     return reason.replace(str(root) + os.sep, "").replace(str(root), ".")
 
 
-def _file_reason(o: _Outcome, kept: list, dropped: list) -> str:
+def _file_reason(o: FileOutcome, kept: list, dropped: list) -> str:
     if not o.frames:
         return o.skip
     reasons = sorted({r for _, _, r, _ in dropped}) + ([o.skip] if o.skip else [])
@@ -257,15 +259,15 @@ def _file_reason(o: _Outcome, kept: list, dropped: list) -> str:
     return f"all {len(dropped)} frames dropped: " + "; ".join(reasons[:3])
 
 
-def _manifest_row(o: _Outcome, frame: int, meta: dict, cache_row: int, labels: _Labels,
+def _manifest_row(o: FileOutcome, frame: int, meta: dict, cache_row: int, labels: _Labels,
                   salt: str, cfg: IngestConfig) -> dict:
     csv_ids = labels.ids.get(o.rel, {})
     exam_key = exam_key_of(o.rel, meta, csv_ids.get("exam_id", ""))
     patient_key = ("pid:" + meta["patient_id"] if meta.get("patient_id")
                    else "pid:" + csv_ids["patient_id"] if csv_ids.get("patient_id") else exam_key)
     row = {"image_id": "i_" + hashlib.sha1(f"{o.rel}#{frame}".encode()).hexdigest()[:16],
-           "path": o.rel, "frame": frame, "exam_id": _hash("e_", salt, exam_key),
-           "patient_id": _hash("p_", salt, patient_key), "split": "unlabeled",
+           "path": o.rel, "frame": frame, "exam_id": salted_id("e_", salt, exam_key),
+           "patient_id": salted_id("p_", salt, patient_key), "split": "unlabeled",
            "_no_patient_id": patient_key == exam_key}
     i = labels.find(o.rel, frame)
     for c in labels.classes:

@@ -15,7 +15,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from ..errors import UsclfError
-from ..train.checkpoint import load_checkpoint, strip_prefix
+from ..atomic_io import load_checkpoint, strip_prefix
 
 IMAGENET_ENV = "USCLF_IMAGENET_WEIGHTS"
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")

@@ -110,6 +110,10 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor):
         return self.head(self.backbone(x))
 
+    def spec(self) -> dict[str, Any]:
+        """The architecture description stored in checkpoints and model files (see `model_spec`)."""
+        return model_spec(self)
+
 
 def build_classifier(backbone: str = "resnet18", head: str = "multilabel", in_chans: int = 1,
                      init: str = "random", imagenet_weights: str | None = None, **sizes: int) -> Classifier:

@@ -13,7 +13,7 @@ from ..data.dataset import UltrasoundDataset
 from ..data.sampler import make_loader
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
-from ..models.modelfile import data_hash
+from ..models.modelfile import Preprocess, data_hash
 
 
 @dataclass
@@ -21,10 +21,16 @@ class DataConfig:
     """Which dataset and how batches are drawn from it."""
     path: str = ""                       # dataset folder written by `usclf ingest`
     split_seed: int = 0                  # use manifest_split_seed<S>.csv written by ingest/split
-    exams_per_batch: int = 16            # paper Sec. 3.2: 16 exams per step
     max_images_per_exam: int | None = 16  # memory cap per exam (DESIGN section 3); paper exams have ~13 images
     batch_size: int = 64                 # image-level batches (supervised steps, inference)
     workers: int = 0                     # DataLoader worker processes (0 = in the training process)
+
+
+@dataclass
+class ExamDataConfig(DataConfig):
+    """DataConfig of a stage that batches whole exams (pretrain); semisup sizes its unlabelled exam batches
+    with `unlabeled_exams`, finetune batches images, so neither has this key."""
+    exams_per_batch: int = 16            # paper Sec. 3.2: 16 exams per step
 
 
 @dataclass
@@ -54,12 +60,12 @@ def rows_in(ds: CachedDataset, splits: list[str] | tuple[str, ...], what: str = 
     return rows
 
 
-def preprocess_meta(ds: CachedDataset, aug: AugmentConfig) -> dict:
+def preprocess_meta(ds: CachedDataset, aug: AugmentConfig) -> Preprocess:
     """What `predict` must repeat on raw files: the ingest reading settings + network input size/normalisation."""
     ing = dict(ds.meta.get("config", {}) or {})
     keep = {k: ing[k] for k in ("size", "crop", "doppler_chroma", "doppler_fraction", "resize") if k in ing}
     keep.setdefault("size", int(ds.meta.get("image_size", aug.size)))
-    return {"ingest": keep, "input_size": int(aug.size), "mean": float(aug.mean), "std": float(aug.std)}
+    return Preprocess(ingest=keep, input_size=int(aug.size), mean=float(aug.mean), std=float(aug.std))
 
 
 @torch.no_grad()

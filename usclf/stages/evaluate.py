@@ -17,15 +17,15 @@ from ..config import dump_config, to_dict
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
 from ..paths import check_out_dir
-from ..eval.clustering import clustering_metrics, label_sets
+from ..eval.clustering import clustering_metrics
 from ..eval.gallery import cluster_gallery
 from ..eval.plots import plot_embedding, plot_per_class_f1
 from ..eval.report import WEIGHTED
-from ..models.modelfile import load_model_file, update_model_meta
+from ..models.modelfile import Preprocess, load_model_file, update_model_info
 from ..tracking import Tracker
 from ..train.loop import resolve_device
 from .common import DataConfig, infer, open_split, rows_in
-from .scoring import class_scores, fit_matching, format_report, thresholds_and_report
+from .scoring import format_report, head_kind, thresholds_and_report
 
 
 @dataclass
@@ -59,21 +59,18 @@ def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: boo
         raise UsclfError("no model given: set --model PATH")
     check_out_dir(cfg.out)
     device = resolve_device(cfg.device)
-    model, meta = load_model_file(cfg.model, device)
+    model, info = load_model_file(cfg.model, device)
     ds, dhash = open_split(cfg.data)
-    if list(meta.get("classes", ds.classes)) != list(ds.classes):
-        raise UsclfError(f"model classes {meta.get('classes')} differ from the dataset's {ds.classes}")
-    head = model.head.kind
-    pre = meta.get("preprocess", {})
-    aug = AugmentConfig(size=int(pre.get("input_size", ds.meta.get("image_size", 128))),
-                        **{k: float(pre[k]) for k in ("mean", "std") if k in pre})
+    if info.classes and info.classes != list(ds.classes):
+        raise UsclfError(f"model classes {info.classes} differ from the dataset's {ds.classes}")
+    kind = head_kind(model.head.kind)
+    aug = AugmentConfig(**(info.preprocess or Preprocess()).augment_kwargs(int(ds.meta["image_size"])))
     dev, test = rows_in(ds, [cfg.dev_split], "dev images"), rows_in(ds, [cfg.test_split], "test images")
     kw = dict(aug=aug, batch_size=cfg.data.batch_size, workers=cfg.data.workers, device=device, progress=progress)
     r_dev, r_test = infer(model, ds, dev, desc="dev", **kw), infer(model, ds, test, desc="test", **kw)
     y_dev, y_test = ds.labels(dev), ds.labels(test)
-    V = fit_matching(head, r_dev["out"], y_dev)
-    s_dev = class_scores(head, r_dev["out"], V, cfg.soft)
-    s_test = class_scores(head, r_test["out"], V, cfg.soft)
+    V = kind.fit_matching(r_dev["out"], y_dev)
+    s_dev, s_test = kind.scores(r_dev["out"], V, cfg.soft), kind.scores(r_test["out"], V, cfg.soft)
     th, report = thresholds_and_report(y_dev, s_dev, y_test, s_test, ds.classes)
 
     out = Path(cfg.out)
@@ -81,14 +78,7 @@ def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: boo
     dump_config(cfg, out / "config.yaml")
     report.to_csv(out / "report.csv", index_label="class")
     names = _label_names(y_test, ds.classes)
-    if head == "cluster":
-        clusters = r_test["out"].argmax(1)
-        confidence = r_test["out"].max(1)
-    elif head == "twohead":
-        clusters, confidence = r_test["combo"].argmax(1), r_test["combo"].max(1)
-    else:  # a classifier: its predicted label set plays the role of the cluster
-        clusters = label_sets((s_test >= th).astype(int))
-        confidence = np.abs(s_test - th).min(1)
+    clusters, confidence = kind.clusters(r_test, s_test, th)
     metrics = {f"test/{k}": v for k, v in clustering_metrics(y_test.astype(int), clusters, r_test["features"]).items()}
     metrics.update({"test/weighted_f1": float(report.loc[WEIGHTED, "f1"]),
                     "test/weighted_precision": float(report.loc[WEIGHTED, "precision"]),
@@ -97,10 +87,10 @@ def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: boo
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "thresholds.json").write_text(json.dumps(dict(zip(ds.classes, map(float, th))), indent=2))
     if cfg.figures:
-        _figures(cfg, meta, ds, test, r_test, clusters, confidence, names, report, V, y_test, head, out)
-    model_out = update_model_meta(cfg.model, out / "model.pt", thresholds=[float(t) for t in th],
+        _figures(cfg, info, ds, test, r_test, clusters, confidence, names, report, V, y_test, kind, out)
+    model_out = update_model_info(cfg.model, out / "model.pt", thresholds=[float(t) for t in th],
                                   matching=V.tolist() if V is not None else [], soft_matching=cfg.soft)
-    params = {"stage": "evaluate", "model": str(cfg.model), "head": head, "method": meta.get("method", ""),
+    params = {"stage": "evaluate", "model": str(cfg.model), "head": kind.name, "method": info.method,
               "data_hash": dhash, "n_dev": len(dev), "n_test": len(test), "config": to_dict(cfg)}
     if tracker is not None:  # the training run: it logs the model file itself, so no second 40 MB copy
         tracker.log_metrics(metrics)
@@ -110,7 +100,7 @@ def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: boo
                     f"/{item.name}" if item.is_dir() else ""))
     else:
         with Tracker(tracking_uri, cfg.experiment, f"evaluate-{Path(cfg.model).parent.name}", params,
-                     {"stage": "evaluate", "method": str(meta.get("method", head))}, parent_run_id) as run:
+                     {"stage": "evaluate", "method": info.method or kind.name}, parent_run_id) as run:
             run.log_metrics(metrics)
             run.log_artifacts(out)
     print(format_report(report, f"test report ({len(test)} images; thresholds chosen on {cfg.dev_split})"))
@@ -128,12 +118,12 @@ def _mix_from(clusters: np.ndarray, Y: np.ndarray, k: int) -> np.ndarray:
     return mix
 
 
-def _figures(cfg, meta, ds, test, r_test, clusters, confidence, names, report, V, y_test, head, out) -> None:
+def _figures(cfg, info, ds, test, r_test, clusters, confidence, names, report, V, y_test, kind, out) -> None:
     """t-SNE of test features, per-class F1 bars, and the HTML cluster gallery."""
     plot_embedding(r_test["features"], clusters, names, out / "figures" / "tsne.png", method=cfg.embedding,
-                   max_points=cfg.max_points, title=f"test features ({meta.get('stage', '')} {meta.get('method', '')})")
+                   max_points=cfg.max_points, title=f"test features ({info.stage} {info.method})")
     plot_per_class_f1(report, out / "figures" / "per_class_f1.png", title="test F1 per class")
-    if V is not None or head == "twohead":
+    if kind.matched or kind.combo:
         mix = V if V is not None else _mix_from(clusters, y_test, int(r_test["combo"].shape[1]))
         cluster_gallery(ds.images[ds.manifest["cache_row"].to_numpy()[test]], clusters, confidence, mix,
                         ds.classes, out / "gallery", per_cluster=cfg.gallery_per_cluster,

@@ -1,6 +1,6 @@
 """`usclf predict`: a model file over exam folders -> one row per image/frame + a per-exam organ inventory.
 
-Files are read and cleaned by ingest's own code (`ingest._process_file`), then go through the model's `eval`
+Files are read and cleaned by ingest's own code (`ingest.read_and_clean_file`), then go through the model's `eval`
 transform: scores equal `usclf evaluate`'s on an ingested cache of the same files. Output by extension: .csv,
 .json/.jsonl (JSON Lines: one object per line) or .parquet; the inventory goes to `<stem>_exams<ext>`.
 
@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..data.ingest import SALT_ENV, _hash, _Outcome, _process_file, exam_key_of
+from ..data.ingest import SALT_ENV, FileOutcome, exam_key_of, read_and_clean_file, salted_id
 from ..data.transforms import AugmentConfig, build_transform
 from ..errors import UsclfError
 from ..paths import is_no_space
@@ -41,7 +41,7 @@ from ..models.modelfile import load_model_file
 from ..train.distributed import resolve_device
 from .predict_output import _Output, output_paths
 from .predict_progress import Unit, check_out, no_space_message, output_lock, walk_units
-from .scoring import class_scores
+from .scoring import head_kind
 
 _CHUNK = 4096          # rows of one folder written before the folder ends (bounds memory on huge folders)
 _PREP_KEYS = ("size", "crop", "doppler_chroma", "doppler_fraction", "resize")
@@ -64,34 +64,31 @@ class Predictor:
 
     def __init__(self, model_path: str | Path, device: str = "auto"):
         self.device = resolve_device(device)
-        self.model, meta = load_model_file(model_path, self.device)
-        self.classes = [str(c) for c in meta.get("classes") or []]
+        self.model, info = load_model_file(model_path, self.device)
+        self.classes = list(info.classes)
         if not self.classes:
             raise UsclfError(f"{model_path}: model file lists no classes")
         clash = [c for c in self.classes if c in ("exam_id", "path", "frame", "status", "reason")]
         if clash:
             raise UsclfError(f"{model_path}: class name '{clash[0]}' clashes with an output column")
-        self.head = self.model.head.kind
-        self.thresholds = np.asarray(meta.get("thresholds") or [], dtype=np.float64)
+        self.kind = head_kind(self.model.head.kind)
+        self.thresholds = np.asarray(info.thresholds, dtype=np.float64)
         if self.thresholds.shape != (len(self.classes),):
             raise UsclfError(f"{model_path} has no per-class thresholds: run `usclf evaluate --model "
                              f"{model_path}` and predict with the model.pt it writes")
         self.matching = None
-        if self.head == "cluster":
-            v = np.asarray(meta.get("matching") or [], dtype=np.float64)
+        if self.kind.matched:
+            v = np.asarray(info.matching, dtype=np.float64)
             if v.shape != (self.model.head.num_clusters, len(self.classes)):
                 raise UsclfError(f"{model_path}: clustering model without a cluster->class matching: run "
                                  "`usclf evaluate` first and predict with the model.pt it writes")
             self.matching = v
-        self.soft = bool(meta.get("soft_matching", False))
-        pre = meta.get("preprocess") or {}
-        ing = pre.get("ingest") or {}
+        self.soft = bool(info.soft_matching)
+        ing = info.preprocess.ingest if info.preprocess is not None else {}
         if "size" not in ing:
             raise UsclfError(f"{model_path}: model file has no preprocessing settings (preprocess.ingest.size)")
         self.prep = {k: ing[k] for k in _PREP_KEYS if k in ing}
-        aug = AugmentConfig(size=int(pre.get("input_size", ing["size"])),
-                            **{k: float(pre[k]) for k in ("mean", "std") if k in pre})
-        self.transform = build_transform("eval", aug)
+        self.transform = build_transform("eval", AugmentConfig(**info.preprocess.augment_kwargs(int(ing["size"]))))
 
     @torch.inference_mode()
     def __call__(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -100,16 +97,16 @@ class Predictor:
         out = self.model(x)
         if isinstance(out, tuple):  # two-head model: predict with the multi-label head
             out = out[1]
-        scores = class_scores(self.head, out.float().cpu().numpy(), self.matching, self.soft)
+        scores = self.kind.scores(out.float().cpu().numpy(), self.matching, self.soft)
         return scores, apply_thresholds(scores, self.thresholds)
 
 
 # ----------------------------------------------------------------------------------------------- decode
-def _outcomes(items: Iterator[tuple[Unit, tuple | None]], workers: int) -> Iterator[tuple[Unit, _Outcome | None]]:
+def _outcomes(items: Iterator[tuple[Unit, tuple | None]], workers: int) -> Iterator[tuple[Unit, FileOutcome | None]]:
     """Decode files in order (None marks the end of a unit); a bounded window of worker processes."""
     if workers <= 0:
         for unit, task in items:
-            yield unit, None if task is None else _process_file(task)
+            yield unit, None if task is None else read_and_clean_file(task)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -118,7 +115,7 @@ def _outcomes(items: Iterator[tuple[Unit, tuple | None]], workers: int) -> Itera
     window: deque = deque()
     try:
         for unit, task in items:
-            window.append((unit, None if task is None else ex.submit(_process_file, task)))
+            window.append((unit, None if task is None else ex.submit(read_and_clean_file, task)))
             while len(window) > 4 * workers:   # decoded frames wait in memory only this far ahead
                 u, fut = window.popleft()
                 yield u, None if fut is None else fut.result()
@@ -146,14 +143,14 @@ class _Pending:
     exams: dict[str, list[int]] = field(default_factory=dict)
 
 
-def _file_rows(o: _Outcome, salt: str, blank: dict) -> Iterator[tuple[dict, np.ndarray | None]]:
+def _file_rows(o: FileOutcome, salt: str, blank: dict) -> Iterator[tuple[dict, np.ndarray | None]]:
     """One row per frame of a decoded file (predicted or skipped with its reason), or one file-level row."""
     meta0 = next((m for _, _, _, m in o.frames if m), {})
     for fi, img, reason, meta in o.frames:
-        yield dict(blank, exam_id=_hash("e_", salt, exam_key_of(o.rel, meta or meta0)), path=o.rel, frame=fi,
+        yield dict(blank, exam_id=salted_id("e_", salt, exam_key_of(o.rel, meta or meta0)), path=o.rel, frame=fi,
                    status="predicted" if img is not None else "skipped", reason=reason), img
     if o.skip or not o.frames:
-        yield dict(blank, exam_id=_hash("e_", salt, exam_key_of(o.rel, meta0)), path=o.rel, frame=None,
+        yield dict(blank, exam_id=salted_id("e_", salt, exam_key_of(o.rel, meta0)), path=o.rel, frame=None,
                    status="skipped", reason=o.skip or "no frames decoded"), None
 
 
@@ -292,7 +289,7 @@ def _predict_into(output: _Output, pred: Predictor, root: Path, units: list[Unit
             if o is None:
                 p.ended = True
                 if unit.note:
-                    p.rows.append(dict(blank, exam_id=_hash("e_", salt, exam_key_of(unit.name.rstrip("/"), {})),
+                    p.rows.append(dict(blank, exam_id=salted_id("e_", salt, exam_key_of(unit.name.rstrip("/"), {})),
                                        path=unit.name, status="skipped", reason=unit.note))
             else:
                 for row, img in _file_rows(o, salt, blank):
@@ -320,12 +317,12 @@ def bench_predict(input_dir: str | Path, work_dir: str | Path, model_path: str |
     """
     from ..data.manifest import DEFAULT_CLASSES
     from ..models.heads import build_classifier
-    from ..models.modelfile import save_model_file
+    from ..models.modelfile import ModelInfo, Preprocess, save_model_file
 
     work, c = Path(work_dir), list(DEFAULT_CLASSES)
     if model_path is None:
         model_path = save_model_file(work / "bench_model.pt", build_classifier("resnet18", num_classes=len(c)),
-                                     classes=c, thresholds=[0.5] * len(c), preprocess={"ingest": {"size": size}})
+                                     ModelInfo(c, preprocess=Preprocess({"size": size}), thresholds=[0.5] * len(c)))
     res = predict(model_path, input_dir, work / f"bench_{time.time_ns()}.csv", batch_size, device,
                   progress=False, salt="bench", workers=workers)
     return {"images": res.n_predicted, "rows": res.n_rows, "seconds": round(res.seconds, 3),

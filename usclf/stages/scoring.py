@@ -1,9 +1,13 @@
 """From network outputs to class scores, per-class thresholds chosen on validation, and test reports."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
+from ..errors import UsclfError
+from ..eval.clustering import label_sets
 from ..eval.matching import cluster_scores, match_clusters
 from ..eval.report import WEIGHTED, classification_report
 from ..eval.thresholds import apply_thresholds, best_f1_thresholds
@@ -13,16 +17,50 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
+@dataclass(frozen=True)
+class HeadKind:
+    """How a head kind's outputs become class scores and clusters: the one place head kinds are told apart."""
+    name: str
+    matched: bool            # cluster head: Algorithm 1 maps its clusters to label mixes (paper Sec. 2.2.3)
+    combo: bool              # two heads: a softmax over label combinations beside the multi-label logits
+
+    def fit_matching(self, out_dev: np.ndarray, y_dev: np.ndarray) -> np.ndarray | None:
+        """Algorithm 1 on the development set for clustering models; None for classifiers."""
+        return match_clusters(out_dev, y_dev.astype(int)) if self.matched else None
+
+    def scores(self, out: np.ndarray, matching: np.ndarray | None = None, soft: bool = False) -> np.ndarray:
+        """N x C scores in [0, 1]: matched-cluster label mix (cluster head) or sigmoid of the logits."""
+        return cluster_scores(out, matching, soft=soft) if self.matched else sigmoid(out)
+
+    def clusters(self, outputs: dict, scores: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cluster id, confidence) per image: argmax cluster / label combination, or for a plain classifier
+        its predicted label set (confidence: the smallest distance of a score to its threshold)."""
+        if self.matched or self.combo:
+            p = outputs["out"] if self.matched else outputs["combo"]
+            return p.argmax(1), p.max(1)
+        return label_sets((scores >= thresholds).astype(int)), np.abs(scores - thresholds).min(1)
+
+
+HEAD_KINDS = {"multilabel": HeadKind("multilabel", matched=False, combo=False),
+              "cluster": HeadKind("cluster", matched=True, combo=False),
+              "twohead": HeadKind("twohead", matched=False, combo=True)}
+
+
+def head_kind(name: str) -> HeadKind:
+    """The HeadKind of a model's `head.kind`; one-line error for a kind this usclf does not know."""
+    if name not in HEAD_KINDS:
+        raise UsclfError(f"unknown head kind '{name}'; this usclf knows {', '.join(HEAD_KINDS)}")
+    return HEAD_KINDS[name]
+
+
 def class_scores(head: str, out: np.ndarray, matching: np.ndarray | None = None, soft: bool = False) -> np.ndarray:
-    """N x C scores in [0, 1]: matched-cluster label mix (cluster head, Algorithm 1) or sigmoid of logits."""
-    if head == "cluster":
-        return cluster_scores(out, matching, soft=soft)
-    return sigmoid(out)
+    """N x C scores of head kind `head` (see HeadKind.scores)."""
+    return head_kind(head).scores(out, matching, soft)
 
 
 def fit_matching(head: str, out_dev: np.ndarray, y_dev: np.ndarray) -> np.ndarray | None:
-    """Algorithm 1 on the development set for clustering models; None for classifiers."""
-    return match_clusters(out_dev, y_dev.astype(int)) if head == "cluster" else None
+    """Algorithm 1 on dev for a clustering head kind; None otherwise (see HeadKind.fit_matching)."""
+    return head_kind(head).fit_matching(out_dev, y_dev)
 
 
 def thresholds_and_report(y_dev, s_dev, y_test, s_test, classes) -> tuple[np.ndarray, pd.DataFrame]:

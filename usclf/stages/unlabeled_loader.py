@@ -158,3 +158,17 @@ def fixmatch_loader(labeled: UltrasoundDataset, unlabeled: UltrasoundDataset, ba
     return DataLoader(PairedDataset(labeled, unlabeled), batch_sampler=StepBatchSampler(lab, unl, steps_per_epoch),
                       num_workers=workers, collate_fn=paired_collate, persistent_workers=workers > 0,
                       pin_memory=pin_memory and torch.cuda.is_available())
+
+
+def unlabeled_rows(ds, splits: list[str], labelled: np.ndarray, train_rest: bool) -> np.ndarray:
+    """Rows of the unlabelled pool: `splits` plus (optionally) train rows outside the labelled subset."""
+    split = ds.manifest["split"].to_numpy()
+    pool = np.isin(split, list(splits))
+    if train_rest:
+        rest = split == "train"
+        rest[labelled] = False
+        pool |= rest
+    rows = np.flatnonzero(pool)
+    if len(rows) == 0:
+        raise UsclfError(f"no unlabelled images in split(s) {', '.join(splits)} of {ds.root}")
+    return rows

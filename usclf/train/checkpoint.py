@@ -5,9 +5,7 @@ RNG states are tensors or lists of ints, never numpy arrays or arbitrary objects
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,42 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic_io import cpu_state_dict, load_checkpoint, save_checkpoint, strip_prefix  # noqa: F401 (re-exported)
 from ..errors import UsclfError
 
 FORMAT = "usclf-checkpoint-1"
-
-
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write `state` to `path` atomically: temp file in the same folder, fsync, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with `weights_only=True`; unreadable or foreign files raise UsclfError."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsclfError(f"checkpoint not found: {path}")
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle/zip errors come in many types; report one line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UsclfError(f"cannot read checkpoint {path}: {first[:200]}") from None
-    if not isinstance(obj, dict):
-        raise UsclfError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict of tensors")
-    return obj
 
 
 def capture_rng() -> dict[str, Any]:
@@ -81,13 +47,6 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([c.cpu() for c in cuda])
 
 
-def strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Drop `prefix` from keys that have it (e.g. DDP's 'module.')."""
-    if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
-
-
 def check_compatible(model: nn.Module, sd: dict[str, torch.Tensor], source: str | Path) -> None:
     """Raise a one-line UsclfError when `sd` was written for another architecture than `model`."""
     own = model.state_dict()
@@ -112,8 +71,3 @@ def load_model_state(model: nn.Module, sd: dict[str, torch.Tensor], source: str 
     sd = strip_prefix(sd, "module.")
     check_compatible(model, sd, source)
     model.load_state_dict(sd)
-
-
-def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Detached CPU copy of a model's state dict (survives later in-place updates)."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -16,7 +16,6 @@ import inspect
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -45,7 +44,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     amp: bool = True              # DESIGN §8: AMP on CUDA only (bf16 if supported, else fp16 + GradScaler)
     channels_last: bool = True    # DESIGN §8: CUDA only
-    ckpt_every: int = 100         # DESIGN §11: checkpoint every N steps (and at each epoch end)
+    ckpt_every: int | None = 100  # DESIGN §11: checkpoint every N steps (and at each epoch end); null = epoch ends only
     ckpt_epochs: int = 1          # epoch-end checkpoint every N epochs (and the last); >1 for tiny epochs
     seed: int = 0
     device: str = "auto"          # auto = cuda:LOCAL_RANK if available, else cpu
@@ -63,8 +62,8 @@ class TrainConfig:
             raise UsclfError(f"train.epochs must be >= 1, got {self.epochs}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsclfError(f"train.max_steps must be >= 1, got {self.max_steps}")
-        if self.ckpt_every < 1 or self.log_every < 1 or self.ckpt_epochs < 1:
-            raise UsclfError("train.ckpt_every, train.ckpt_epochs and train.log_every must be >= 1")
+        if (self.ckpt_every is not None and self.ckpt_every < 1) or self.log_every < 1 or self.ckpt_epochs < 1:
+            raise UsclfError("train.ckpt_every (or null), train.ckpt_epochs and train.log_every must be >= 1")
         if self.mode not in ("max", "min"):
             raise UsclfError(f"train.mode must be max or min, got '{self.mode}'")
         within("train.ema", self.ema, 0.0, 1.0, allow_none=True)
@@ -125,12 +124,11 @@ class Trainer:
     """Runs `step_fn` over a loader for `cfg.epochs` epochs or `cfg.max_steps` steps; see module doc."""
 
     def __init__(self, model: nn.Module, cfg: TrainConfig, step_fn: Callable, out_dir: str | Path,
-                 tracker: Any = None, on_epoch_end: Callable | None = None, params=None):
+                 tracker: Any = None, on_epoch_end: Callable | None = None):
         cfg.__post_init__()  # a config mutated after construction is checked again
         self.model, self.cfg, self.step_fn = model, cfg, step_fn
         self.out_dir = Path(out_dir)
         self.tracker, self.on_epoch_end = tracker, on_epoch_end
-        self._params = params
         self.dist = get_dist_info()
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.ema: EMA | None = None
@@ -161,8 +159,7 @@ class Trainer:
         if cfg.amp and cuda:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        params = list(self._params) if self._params is not None else list(self.model.parameters())
-        self.optimizer = build_optimizer(params, cfg.optim)
+        self.optimizer = build_optimizer(list(self.model.parameters()), cfg.optim)
         self.clip_params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.ema = EMA(self.model, cfg.ema) if cfg.ema else None
         self.net = self.model
@@ -177,8 +174,7 @@ class Trainer:
     # ---------------------------------------------------------------- checkpoints
     def _state(self, epoch: int, batches_done: int, epoch_rng: dict, sums: dict, count: int,
                sampler_state: Any) -> dict:
-        heads = sys.modules.get("usclf.models.heads")  # a Classifier implies it is imported already
-        spec = heads.model_spec(self.model) if heads and isinstance(self.model, heads.Classifier) else None
+        spec = self.model.spec() if callable(getattr(self.model, "spec", None)) else None  # usclf Classifier
         return {
             "format": FORMAT, "spec": spec, "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
@@ -357,7 +353,7 @@ class Trainer:
                     self.tracker.log_metrics({f"step/{k}": v for k, v in values.items()}, step=self.step)
                 if cfg.max_steps is not None and self.step >= cfg.max_steps:
                     break
-                if self.step % cfg.ckpt_every == 0 and (total is None or b < total):
+                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and (total is None or b < total):
                     state = _sampler_state(state_sampler, b)
                     self._save_last(epoch, b, epoch_rng, sums, count, state)
             bar.close()

@@ -152,6 +152,7 @@ class BaselineConfig:
     device: str = "auto"
     progress: bool = True
     figures: bool = True
+    max_points: int = 2000               # t-SNE subsample of the figure (seconds on CPU), as EvaluateConfig
     experiment: str = "usclf-baselines"
     features: FeatureConfig = field(default_factory=FeatureConfig)
     ae: AEConfig = field(default_factory=AEConfig)

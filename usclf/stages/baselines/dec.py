@@ -14,7 +14,7 @@ from torch import nn
 from ...errors import UsclfError
 from ...losses.dec import dec_kl, dec_target, student_t_q
 from ...losses.graph import graph_loss, graph_pairs, knn_graph
-from ...train.checkpoint import load_checkpoint, save_checkpoint
+from ...atomic_io import load_checkpoint, save_checkpoint
 from ...train.loop import OptimConfig, TrainConfig, Trainer
 from .autoencoders import ConvAE, DenseAE, check_conv_size
 from .config import DECConfig
@@ -111,7 +111,7 @@ class _AutoencoderBaseline(Baseline):
         # epochs here are a few steps long: checkpoint about every 100 steps, not at every epoch end
         # (one save per 4-step BreastMNIST epoch was a quarter of the pretraining time)
         return TrainConfig(epochs=epochs, optim=OptimConfig(name="adam", lr=lr), seed=ctx.seed,
-                           device=str(ctx.device), ckpt_every=10**9, ckpt_epochs=max(1, 100 // steps_per_epoch),
+                           device=str(ctx.device), ckpt_every=None, ckpt_epochs=max(1, 100 // steps_per_epoch),
                            progress=ctx.progress, log_every=50, restore_best=False)
 
     def check(self, images: np.ndarray, k: int) -> None:

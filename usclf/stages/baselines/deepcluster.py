@@ -100,7 +100,7 @@ class DeepCluster(Baseline):
         cfg = TrainConfig(epochs=c.epochs, optim=OptimConfig(name="sgd", lr=c.lr, momentum=c.momentum,
                                                              weight_decay=c.weight_decay),
                           seed=ctx.seed, device=str(ctx.device), progress=ctx.progress, restore_best=False,
-                          ckpt_every=10**9)
+                          ckpt_every=None)
         def recluster_after(epoch, m):
             return recluster(m, epoch)
 

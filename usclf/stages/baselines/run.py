@@ -107,7 +107,7 @@ def baseline(cfg: BaselineConfig, tracking_uri: str | None = None, resume: bool 
         if report is not None:
             report.to_csv(out / "report.csv", index_label="class")
         if cfg.figures:
-            _figure(fit.features[labelled], clusters[labelled], Y[labelled], ds.classes, out, cfg.method)
+            _figure(fit.features[labelled], clusters[labelled], Y[labelled], ds.classes, out, cfg.method, cfg.max_points)
         run.log_metrics(metrics)
         for name in ("config.yaml", "assignments.csv", "metrics.json", "report.csv"):
             if (out / name).is_file():
@@ -135,12 +135,12 @@ def _matched_report(ds, rows, P, Y, cfg) -> pd.DataFrame | None:
     return thresholds_and_report(Y[dev], s_dev, Y[test], s_test, ds.classes)[1]
 
 
-def _figure(features, clusters, Y, classes, out: Path, method: str) -> None:
+def _figure(features, clusters, Y, classes, out: Path, method: str, max_points: int) -> None:
     from ...eval.plots import plot_embedding
 
     names = ["+".join(c for c, v in zip(classes, r) if v) or "none" for r in Y.astype(int)]
     plot_embedding(features, clusters, names, out / "figures" / "embedding.png", method="tsne",
-                   max_points=2000, title=f"{method}: clustered features")
+                   max_points=max_points, title=f"{method}: clustered features")
 
 
 def run_baseline(args):

@@ -1,0 +1,121 @@
+"""What the two classifier stages (finetune, semisup) share: the labelled subset, validation F1, the close.
+
+Both configs carry the fields `ClassifierStageConfig` names; `finish_classifier` reads only those.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..config import to_dict
+from ..data.splits import label_fraction_mask
+from ..data.transforms import AugmentConfig
+from ..errors import UsclfError
+from ..eval.thresholds import best_f1_thresholds
+from ..models.modelfile import ModelInfo, save_model_file
+from ..tracking import Tracker
+from ..train.distributed import get_dist_info
+from ..train.loop import TrainConfig, TrainResult
+from .common import DataConfig, ModelConfig, infer, preprocess_meta
+from .evaluate import EvaluateConfig, evaluate
+from .runner import StageContext
+from .scoring import sigmoid, val_weighted_f1
+
+
+class ClassifierStageConfig(Protocol):
+    """The fields FinetuneConfig and SemisupConfig share (what this module reads)."""
+    label_fraction: float
+    fraction_seed: int | None
+    out: str
+    experiment: str
+    figures: bool
+    data: DataConfig
+    model: ModelConfig
+    augment: AugmentConfig
+    train: TrainConfig
+
+
+def init_kind(init: str) -> str:
+    """'random', 'imagenet' or 'checkpoint' (a path): the short name studies group runs by."""
+    return init if init in ("random", "imagenet") else "checkpoint"
+
+
+def fraction_seed(cfg: ClassifierStageConfig) -> int:
+    """Seed of the nested label subset: `fraction_seed`, else the training seed."""
+    return cfg.train.seed if cfg.fraction_seed is None else cfg.fraction_seed
+
+
+def labelled_rows(ds, fraction: float, seed: int) -> np.ndarray:
+    """Manifest rows of the train exams kept at `fraction` (nested across fractions for one seed)."""
+    rows = np.flatnonzero(label_fraction_mask(ds.manifest, fraction, seed))
+    if np.isnan(ds.labels(rows)).any():
+        raise UsclfError("some train rows have no labels; re-run `usclf split` on the dataset")
+    if len(rows) < 2:
+        raise UsclfError(f"label fraction {fraction} keeps {len(rows)} labelled image(s); BatchNorm needs >= 2")
+    return rows
+
+
+def run_params(stage: str, method: str, cfg: ClassifierStageConfig, ctx: StageContext, n_train: int) -> dict:
+    """The MLflow params both classifier stages log (each adds its own)."""
+    return {"stage": stage, "method": method, "init": cfg.model.init, "init_kind": init_kind(cfg.model.init),
+            "fraction": cfg.label_fraction, "seed": cfg.train.seed, "fraction_seed": fraction_seed(cfg),
+            "data_hash": ctx.dhash, "n_train_images": n_train, "config": to_dict(cfg)}
+
+
+def run_tags(stage: str, method: str, cfg: ClassifierStageConfig) -> dict:
+    return {"stage": stage, "method": method, "init": init_kind(cfg.model.init), "fraction": cfg.label_fraction}
+
+
+class ValidationF1:
+    """`on_epoch_end` hook: weighted F1 on validation with per-class thresholds chosen there (Sec. 3.2).
+
+    Scores are the sigmoid of the multi-label logits (the two-head model's sigmoid head)."""
+
+    def __init__(self, ds, rows: np.ndarray, aug: AugmentConfig, data: DataConfig):
+        self.ds, self.rows, self.aug, self.data = ds, rows, aug, data
+        self.y = ds.labels(rows).astype(int)
+
+    def scores(self, model: torch.nn.Module) -> np.ndarray:
+        device = next(model.parameters()).device
+        out = infer(model, self.ds, self.rows, self.aug, self.data.batch_size, self.data.workers, device)["out"]
+        return sigmoid(out)
+
+    def __call__(self, epoch: int, model: torch.nn.Module) -> dict[str, float]:
+        if not get_dist_info().is_main:  # rank 0's result is broadcast by the Trainer
+            return {}
+        f1 = val_weighted_f1(self.y, self.scores(model))
+        return {"metric": f1, "val/weighted_f1": f1}
+
+
+def finish_classifier(model: torch.nn.Module, cfg: ClassifierStageConfig, ctx: StageContext, val: ValidationF1,
+                      result: TrainResult, tracker: Tracker, stage: str, method: str, vocab: list | None = None,
+                      **provenance: Any) -> tuple[Path, dict]:
+    """Thresholds on validation -> self-describing model file -> `evaluate`'s test report, its metrics and
+    artefacts logged to this run. `provenance`: the stage's own training facts. Returns (model path,
+    evaluate's result)."""
+    out = Path(cfg.out)
+    th = best_f1_thresholds(val.y, val.scores(model))
+    facts = {"init": cfg.model.init, "label_fraction": cfg.label_fraction, "fraction_seed": fraction_seed(cfg),
+             "seed": cfg.train.seed, "steps": result.steps, "epochs": result.epochs,
+             "best_epoch": result.best_epoch, "best_val_f1": result.best_metric, **provenance}
+    info = ModelInfo(list(ctx.ds.classes), stage, method, preprocess_meta(ctx.ds, cfg.augment),
+                     thresholds=[float(t) for t in th], vocab=list(vocab or []), data_hash=ctx.dhash,
+                     provenance=facts)
+    path = save_model_file(out / "model.pt", model, info)
+    ev = evaluate(EvaluateConfig(model=str(path), out=str(out / "eval"), figures=cfg.figures,
+                                 device=cfg.train.device, experiment=cfg.experiment, data=cfg.data),
+                  ctx.tracking_uri, progress=cfg.train.progress, tracker=tracker)  # test metrics go to this run
+    if result.best_metric is not None:
+        tracker.log_metrics({"val/best_weighted_f1": result.best_metric})
+    tracker.log_artifact(out / "config.yaml")
+    tracker.log_artifact(path, "model")
+    return path, ev
+
+
+def summary(result: TrainResult, ev: dict) -> str:
+    """'best val weighted F1 ... (epoch e); test weighted F1 ...' for the closing line of a stage."""
+    best = "n/a" if result.best_metric is None else f"{result.best_metric:.3f} (epoch {(result.best_epoch or 0) + 1})"
+    return f"best val weighted F1 {best}; test weighted F1 {ev['metrics']['test/weighted_f1']:.3f}"

@@ -1,0 +1,207 @@
+"""Throughput benchmarks; speed claims in the README and closing notes come from this output.
+
+    python pipelines/bench.py data      # ingest frames/s; loader (sampler + weak/strong transforms) vs
+                                        # ResNet18 two-view training step, at 64 and 128 px
+    python pipelines/bench.py pipeline  # full pretrain step with data vs the raw model step (same batch
+                                        # shape); naive decode-every-step loader vs the memory-mapped cache
+    python pipelines/bench.py predict   # `usclf predict` images/s from files vs the model alone
+    python pipelines/bench.py ingest    # ingest frames/s, PNG and DICOM, decoding in 0 / 1 / 2 / all-core workers
+Ratios are measured in one run, since these machines are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+from usclf.data.cache import open_dataset
+from usclf.data.dataset import UltrasoundDataset
+from usclf.data.ingest import IngestConfig, ingest
+from usclf.data.sampler import ExamBatchSampler, make_loader
+from usclf.data.simulate import SimulateConfig, simulate
+from usclf.data.transforms import AugmentConfig
+from usclf.losses.pica import pica_loss
+from usclf.models.heads import build_classifier
+
+
+def timed(fn, min_seconds: float = 3.0, warmup: int = 1) -> tuple[int, float]:
+    """Run fn() (returning an item count) repeatedly for at least min_seconds; (items, seconds)."""
+    for _ in range(warmup):
+        fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        n += fn()
+    return n, time.perf_counter() - t0
+
+
+def bench_ingest(tmp: Path, exams: int, size: int, workers: int = 0, fmt: str = "png") -> float:
+    raw = tmp / f"raw_{fmt}"
+    if not raw.is_dir():
+        simulate(raw, SimulateConfig(exams=exams, size=int(size * 1.5), seed=1, format=fmt), progress=False)
+    t0 = time.perf_counter()
+    res = ingest(raw, tmp / f"ds{size}_w{workers}_{fmt}", raw / "labels.csv", IngestConfig(size=size, workers=workers),
+                 progress=False)
+    return res.n_frames_kept / (time.perf_counter() - t0)
+
+
+def bench_ingest_workers(args) -> None:
+    """Ingest frames/s with decoding in 0 (in-process), 1, 2 and all-core worker processes."""
+    cores = os.cpu_count() or 1
+    print(f"ingest, {args.exams} simulated exams at {args.size} px, {cores} cores")
+    with tempfile.TemporaryDirectory() as d:
+        for fmt in ("png", "dicom"):
+            base = None
+            for w in sorted({0, 1, 2, cores}):
+                rate = bench_ingest(Path(d), args.exams, args.size, workers=w, fmt=fmt)
+                base = base or rate
+                print(f"  {fmt:<6} workers={w:<3} {rate:8.1f} frames/s  ({rate / base:.2f}x in-process)")
+
+
+def loader_rate(ds, size: int, views: tuple[str, ...], batch_exams: int, workers: int) -> float:
+    aug = AugmentConfig(size=size)
+    data = UltrasoundDataset(ds, None, views=views, aug=aug)
+    sampler = ExamBatchSampler(data.exam_ids, batch_exams, 16, seed=0)
+    loader = make_loader(data, sampler, workers)
+    state = {"epoch": 0}
+
+    def one_epoch() -> int:
+        sampler.set_epoch(state["epoch"])
+        state["epoch"] += 1
+        return sum(b["views"][0].shape[0] for b in loader)
+    n, s = timed(one_epoch, 3.0)
+    return n / s
+
+
+def step_rate(size: int, batch: int, k: int = 11) -> float:
+    """ResNet18 (1 channel) + cluster head, two views in one forward pass, PICA loss, Adam step."""
+    torch.manual_seed(0)
+    model = build_classifier("resnet18", "cluster", num_clusters=k)
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    x = torch.randn(2 * batch, 1, size, size)
+
+    def step() -> int:
+        p = model(x)
+        loss, _ = pica_loss(p[:batch], p[batch:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return batch
+    n, s = timed(step, 4.0)
+    return n / s
+
+
+def bench_data(args) -> None:
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        rate = bench_ingest(tmp, args.exams, 128)
+        print(f"ingest (decode + Doppler check + crop + resize + cache write), 128 px: {rate:8.1f} frames/s")
+        ds = open_dataset(tmp / "ds128")
+        print(f"{'size':>5} {'loader weak+weak':>17} {'loader weak+strong':>19} {'ResNet18 2-view step':>21} "
+              f"{'ratio (worst loader/step)':>26}")
+        for size in (64, 128):
+            ww = loader_rate(ds, size, ("weak", "weak"), 8, args.workers)
+            ws = loader_rate(ds, size, ("weak", "strong"), 8, args.workers)
+            st = step_rate(size, args.batch)
+            ratio = min(ww, ws) / st
+            verdict = "ok (>= 10x)" if ratio >= 10 else "BELOW 10x"
+            print(f"{size:>5} {ww:>13.0f} im/s {ws:>15.0f} im/s {st:>17.1f} im/s {ratio:>20.1f}x {verdict}")
+    print("images/s count source images; each yields two augmented views (loader) / two forward passes (step).")
+
+
+def _decode_every_step_rate(raw: Path, size: int, n: int = 200) -> float:
+    """Naive loader: read + clean each file from disk every time it is used (what the cache avoids)."""
+    from usclf.data.preprocess import prepare_frame
+    from usclf.data.readers import Frame, iter_frames
+    from usclf.data.transforms import build_transform
+    files = sorted(raw.rglob("*.png"))[:n]
+    tf = build_transform("weak", AugmentConfig(size=size))
+
+    def one_pass() -> int:
+        k = 0
+        for f in files:
+            for fr in iter_frames(f):
+                if isinstance(fr, Frame):
+                    img, _ = prepare_frame(fr.array, size)
+                    if img is not None:
+                        tf(img, k)
+                        tf(img, k + 1)
+                        k += 1
+        return k
+    items, s = timed(one_pass, 3.0, warmup=0)
+    return items / s
+
+
+def bench_pipeline(args) -> None:
+    from usclf.methods.clustering import PICA
+    from usclf.train.loop import TrainConfig, Trainer
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    size = args.size
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        raw = tmp / "raw"
+        simulate(raw, SimulateConfig(exams=args.exams, size=int(size * 1.5), seed=1), progress=False)
+        ingest(raw, tmp / "ds", raw / "labels.csv", IngestConfig(size=size), progress=False)
+        ds = open_dataset(tmp / "ds")
+        data = UltrasoundDataset(ds, None, views=("weak", "weak"), aug=AugmentConfig(size=size))
+        sampler = ExamBatchSampler(data.exam_ids, 4, 16, seed=0)
+        loader = make_loader(data, sampler, args.workers)
+        batch = sum(len(b) for b in sampler) / len(sampler)
+        raw_rate = step_rate(size, int(round(batch)))
+        torch.manual_seed(0)
+        model = build_classifier("resnet18", "cluster", num_clusters=11)
+        cfg = TrainConfig(epochs=2, progress=False, ckpt_every=None, deterministic=False)
+        t0 = time.perf_counter()
+        res = Trainer(model, cfg, PICA(lam=2.0, epsilon=0.0).step, tmp / "ck").fit(loader)
+        full = len(data) * res.epochs / (time.perf_counter() - t0)
+        naive = _decode_every_step_rate(raw, size)
+        cache = loader_rate(ds, size, ("weak", "weak"), 4, args.workers)
+    print(f"{size} px, exam batches of ~{batch:.0f} images x 2 views:")
+    print(f"  raw model step (random tensors)        {raw_rate:8.1f} im/s")
+    print(f"  full pretrain step (loader + trainer)  {full:8.1f} im/s  = {full / raw_rate:.2f} of the raw step "
+          f"({'ok' if full / raw_rate >= 0.9 else 'BELOW'} the 0.9 target; includes 2 epoch-end checkpoints)")
+    print(f"  loader from the uint8 cache            {cache:8.1f} im/s")
+    print(f"  naive decode-every-step loader         {naive:8.1f} im/s  (cache is {cache / naive:.1f}x faster)")
+
+
+def bench_predict_cmd(args) -> None:
+    from usclf.stages.predict import bench_predict
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        simulate(tmp / "raw", SimulateConfig(exams=args.exams // 2, size=192, seed=2), progress=False)
+        r = bench_predict(tmp / "raw", tmp, batch_size=args.batch, size=args.size)
+    model = step_rate_infer(args.size, args.batch)
+    print(f"predict from files ({args.size} px, batch {args.batch}): {r['images_per_s']:.1f} im/s over "
+          f"{r['images']} images; model forward alone {model:.1f} im/s -> {r['images_per_s'] / model:.2f} of it")
+
+
+@torch.no_grad()
+def step_rate_infer(size: int, batch: int) -> float:
+    model = build_classifier("resnet18", "multilabel", num_classes=7).eval()
+    x = torch.randn(batch, 1, size, size)
+    n, s = timed(lambda: (model(x), batch)[1], 3.0)
+    return n / s
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["data", "pipeline", "predict", "ingest"], help="which benchmark to run")
+    p.add_argument("--size", type=int, default=64, help="image size for pipeline/predict (default 64)")
+    p.add_argument("--exams", type=int, default=40, help="simulated exams for the ingest/loader benchmark")
+    p.add_argument("--batch", type=int, default=64, help="images per training step (two views each)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the loader benchmark")
+    args = p.parse_args(argv)
+    {"data": bench_data, "pipeline": bench_pipeline, "predict": bench_predict_cmd,
+     "ingest": bench_ingest_workers}[args.what](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

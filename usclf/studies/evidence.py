@@ -1,0 +1,204 @@
+"""Evidence run (issue: label efficiency): strategies x label fractions x training seeds x split seeds.
+
+    python pipelines/evidence.py --config configs/evidence_sim.yaml       # simulated exams
+    python pipelines/evidence.py --config configs/evidence_abdomen.yaml   # the real exams in ../shared/data
+
+Per split seed: a patient-disjoint, label-stratified split; PICA and LSD pretrained on its unlabelled exams
+(each over `pretrain_seeds`, scored by Algorithm 1 matching on val -> test); then every strategy at every
+fraction and training seed from the same LSD model (pretrain seed 0), with the same labelled subset per
+(fraction, seed) for every strategy. Each cell is a nested MLflow run; OUT holds results.csv,
+pretrain.csv, diagnostics.csv and the figure; `report=docs/results.md` writes the Markdown report.
+A re-run skips finished cells.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+
+from usclf.config import load_config, to_dict
+from usclf.data.ingest import IngestConfig, ingest
+from usclf.data.simulate import SimulateConfig, simulate
+from usclf.data.splits import SplitConfig, split_dataset
+from usclf.errors import UsclfError
+from usclf.eval.plots import plot_label_fraction_curves
+from usclf.stages.cli_data import split_summary
+from usclf.stages.finetune import FinetuneConfig, finetune
+from usclf.stages.pretrain import PretrainConfig, pretrain
+from usclf.stages.semisup import SemisupConfig, semisup
+from usclf.stages.study import read_metrics, run_study, study_main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class EvidenceConfig:
+    """What the evidence run compares; stage settings come from the stage config files."""
+    source: str = "simulate"             # simulate | a folder of exam folders (e.g. ../shared/data/abdomen_us/export)
+    labels: str = ""                     # labels CSV for a folder source
+    exams: int = 240                     # simulated exams
+    sim_size: int = 96                   # simulated frame size before ingest
+    ingest: IngestConfig = field(default_factory=lambda: IngestConfig(size=64))
+    split: SplitConfig = field(default_factory=lambda: SplitConfig(unlabeled=0.5, train=0.3, val=0.1, test=0.1))
+    split_seeds: list[int] = field(default_factory=lambda: [0, 1])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    pretrain_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    pretrain_methods: list[str] = field(default_factory=lambda: ["lsd", "pica"])
+    fractions: list[float] = field(default_factory=lambda: [0.1, 0.2])
+    # supervised-random | supervised-dc | semisup-random:METHOD | semisup-dc:METHOD (a registered semisup method)
+    strategies: list[str] = field(default_factory=lambda: [
+        "supervised-random", "supervised-dc", "semisup-dc:fixmatch-twohead", "semisup-dc:freematch-twohead"])
+    pretrain_config: str = "configs/pretrain_lsd_demo.yaml"
+    finetune_config: str = "configs/finetune_demo.yaml"
+    semisup_config: str = "configs/semisup_demo.yaml"
+    pretrain_overrides: list[str] = field(default_factory=list)
+    finetune_overrides: list[str] = field(default_factory=list)
+    semisup_overrides: list[str] = field(default_factory=list)
+    # named extra semisup overrides: strategy "semisup-dc:fixmatch-twohead+ema" adds variants["ema"]
+    variants: dict = field(default_factory=dict)
+    out: str = "runs/evidence"
+    experiment: str = "evidence"
+
+
+def parse_strategy(name: str) -> tuple[str, str, str | None]:
+    """'semisup-dc:freematch-twohead' -> ('semisup', 'dc', 'freematch-twohead'); a '+VARIANT' suffix stays on
+    the method (see `split_variant`)."""
+    head, _, method = name.partition(":")
+    stage, _, init = head.partition("-")
+    if stage not in ("supervised", "semisup") or init not in ("random", "dc") or (stage == "semisup") != bool(method):
+        raise UsclfError(f"strategy '{name}' must be supervised-random|dc or semisup-random|dc:METHOD")
+    return stage, init, method or None
+
+
+def split_variant(method: str, variants: dict) -> tuple[str, list[str]]:
+    """'fixmatch-twohead+ema' -> ('fixmatch-twohead', variants['ema']); one-line error for an unknown one."""
+    method, _, variant = method.partition("+")
+    if variant and variant not in variants:
+        raise UsclfError(f"strategy variant '+{variant}' is not defined under variants: ({', '.join(variants) or 'none'})")
+    return method, [str(v) for v in variants.get(variant, [])] if variant else []
+
+
+def prepare_data(cfg: EvidenceConfig, out: Path) -> Path:
+    """Simulate (or take) the exam folders and ingest them once; returns the dataset folder."""
+    data = out / "dataset"
+    if (data / "dataset.json").is_file():
+        return data
+    if cfg.source == "simulate":
+        raw = out / "exams"
+        simulate(raw, SimulateConfig(exams=cfg.exams, size=cfg.sim_size, format="mixed", seed=0), progress=False)
+        labels = raw / "labels.csv"
+    else:
+        raw, labels = Path(cfg.source), Path(cfg.labels)
+    ingest(raw, data, labels, cfg.ingest, progress=False)
+    return data
+
+
+def _pretrain_cells(cfg: EvidenceConfig, data: Path, split_seed: int, out: Path, uri: str | None) -> pd.DataFrame:
+    cells = [{"method": m, "seed": s} for m in cfg.pretrain_methods for s in cfg.pretrain_seeds]
+
+    def run_cell(cell, cell_out, parent):
+        over = [f"data.path={data}", f"data.split_seed={split_seed}", f"out={cell_out}", f"method={cell['method']}",
+                f"train.seed={cell['seed']}", f"experiment={cfg.experiment}", "train.progress=false",
+                *cfg.pretrain_overrides]
+        pretrain(load_config(PretrainConfig, ROOT / cfg.pretrain_config, over), tracking_uri=uri, parent_run_id=parent)
+        m = read_metrics(cell_out)
+        return {"f1": m["test/weighted_f1"], "nmi": m["test/nmi"], "acc": m["test/acc"], "ari": m["test/ari"]}
+
+    return run_study(f"{cfg.experiment}-pretrain-split{split_seed}", out, cells, run_cell, ["method"],
+                     None, {"split_seed": split_seed}, uri, progress=False)
+
+
+def _train_cells(cfg: EvidenceConfig, data: Path, split_seed: int, dc_model: Path, out: Path,
+                 uri: str | None) -> pd.DataFrame:
+    cells = [{"method": s, "fraction": f, "seed": seed} for s in cfg.strategies for f in cfg.fractions
+             for seed in cfg.seeds]
+
+    def run_cell(cell, cell_out, parent):
+        stage, init, method = parse_strategy(cell["method"])
+        over = [f"data.path={data}", f"data.split_seed={split_seed}", f"out={cell_out}",
+                f"label_fraction={cell['fraction']}", f"train.seed={cell['seed']}",
+                f"model.init={dc_model if init == 'dc' else 'random'}", "figures=false",
+                f"experiment={cfg.experiment}", "train.progress=false"]
+        t0 = time.time()
+        if stage == "supervised":
+            finetune(load_config(FinetuneConfig, ROOT / cfg.finetune_config, over + cfg.finetune_overrides),
+                     tracking_uri=uri, parent_run_id=parent)
+        else:
+            method, extra = split_variant(method, cfg.variants)
+            semisup(load_config(SemisupConfig, ROOT / cfg.semisup_config,
+                                over + [f"method={method}"] + cfg.semisup_overrides + extra), tracking_uri=uri,
+                    parent_run_id=parent)
+        m = read_metrics(cell_out)
+        return {"f1": m["test/weighted_f1"], "seconds": round(time.time() - t0, 1), **_diag(cell_out)}
+
+    return run_study(f"{cfg.experiment}-split{split_seed}", out, cells, run_cell, ["method", "fraction"],
+                     lambda d, png: plot_label_fraction_curves(d, png, f"split seed {split_seed}"),
+                     {"split_seed": split_seed, **to_dict(cfg)}, uri, progress=True)
+
+
+def _diag(cell_out: Path) -> dict:
+    """Last-window mask rate and pseudo-label precision/recall (micro over classes) of a semisup run."""
+    f = cell_out / "diagnostics" / "pseudo_labels.csv"
+    if not f.is_file():
+        return {}
+    d = pd.read_csv(f)
+    last = d[d["step"] == d["step"].max()]
+    acc = last["accepted"].sum()
+    tp = (last["precision"].fillna(0) * last["accepted"]).sum()
+    return {"mask_rate_end": float(last["mask_rate"].iloc[0]), "pl_precision_end": float(tp / acc) if acc else float("nan"),
+            "pl_accepted_end": int(acc)}
+
+
+def run(cfg: EvidenceConfig, tracking_uri: str | None = None, progress: bool = True) -> pd.DataFrame:
+    for s in cfg.strategies:
+        method = parse_strategy(s)[2]
+        if method:
+            split_variant(method, cfg.variants)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    data = prepare_data(cfg, out)
+    results, pre = [], []
+    for ss in cfg.split_seeds:
+        split = split_dataset(data, SplitConfig(**{**to_dict(cfg.split), "seed": ss}))
+        print(f"split seed {ss}:\n{split_summary(split)}")
+        sdir = out / f"split{ss}"
+        p = _pretrain_cells(cfg, data, ss, sdir / "pretrain", tracking_uri)
+        pre.append(p.assign(split_seed=ss))
+        lsd = sdir / "pretrain" / "runs" / f"methodlsd-seed{cfg.pretrain_seeds[0]}" / "model.pt"
+        r = _train_cells(cfg, data, ss, lsd, sdir / "train", tracking_uri)
+        results.append(r.assign(split_seed=ss))
+    res, pre_df = pd.concat(results, ignore_index=True), pd.concat(pre, ignore_index=True)
+    res.to_csv(out / "results.csv", index=False)
+    pre_df.to_csv(out / "pretrain.csv", index=False)
+    runs = res.assign(seed=res["split_seed"] * 1000 + res["seed"])  # one point per (split, seed) pair
+    plot_label_fraction_curves(runs, out / "label_fractions.png", "test weighted F1 (mean, 95% CI over seeds x splits)")
+    if not (out / "wall_time.txt").is_file():  # a re-run that only skips finished cells keeps the first time
+        (out / "wall_time.txt").write_text(f"{(time.time() - t0) / 60:.1f} min\n")
+        (out / "machine.txt").write_text(machine_fingerprint() + "\n")
+    print(f"evidence run done in {(time.time() - t0) / 60:.1f} min -> {out}")
+    return res
+
+
+def machine_fingerprint() -> str:
+    """CPU, its torch kernel level and thread count: float results repeat byte for byte only on the same."""
+    import platform
+
+    import torch
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
+    return (f"{cpu}; torch {torch.__version__} CPU kernels {torch.backends.cpu.get_cpu_capability()}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def main(argv=None) -> int:
+    return study_main("evidence", __doc__, EvidenceConfig, run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
