@@ -14,8 +14,7 @@ from ..config import to_dict
 from ..data.splits import label_fraction_mask
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
-from ..eval.thresholds import best_f1_thresholds
-from ..models.modelfile import ModelInfo, save_model_file
+from ..models.modelfile import ModelInfo
 from ..tracking import Tracker
 from ..train.distributed import get_dist_info
 from ..train.loop import TrainConfig, TrainResult
@@ -90,24 +89,23 @@ class ValidationF1:
         return {"metric": f1, "val/weighted_f1": f1}
 
 
-def finish_classifier(model: torch.nn.Module, cfg: ClassifierStageConfig, ctx: StageContext, val: ValidationF1,
-                      result: TrainResult, tracker: Tracker, stage: str, method: str, vocab: list | None = None,
+def finish_classifier(model: torch.nn.Module, cfg: ClassifierStageConfig, ctx: StageContext, result: TrainResult,
+                      tracker: Tracker, stage: str, method: str, vocab: list | None = None,
                       **provenance: Any) -> tuple[Path, dict]:
-    """Thresholds on validation -> self-describing model file -> `evaluate`'s test report, its metrics and
-    artefacts logged to this run. `provenance`: the stage's own training facts. Returns (model path,
-    evaluate's result)."""
+    """`evaluate` on the model in memory: per-class thresholds chosen on validation (once), the test report,
+    and the self-describing model file written once with them; metrics and artefacts logged to this run.
+    `provenance`: the stage's own training facts. Returns (model path, evaluate's result)."""
     out = Path(cfg.out)
-    th = best_f1_thresholds(val.y, val.scores(model))
     facts = {"init": cfg.model.init, "label_fraction": cfg.label_fraction, "fraction_seed": fraction_seed(cfg),
              "seed": cfg.train.seed, "steps": result.steps, "epochs": result.epochs,
              "best_epoch": result.best_epoch, "best_val_f1": result.best_metric, **provenance}
     info = ModelInfo(list(ctx.ds.classes), stage, method, preprocess_meta(ctx.ds, cfg.augment),
-                     thresholds=[float(t) for t in th], vocab=list(vocab or []), data_hash=ctx.dhash,
-                     provenance=facts)
-    path = save_model_file(out / "model.pt", model, info)
-    ev = evaluate(EvaluateConfig(model=str(path), out=str(out / "eval"), figures=cfg.figures,
+                     vocab=list(vocab or []), data_hash=ctx.dhash, provenance=facts)
+    ev = evaluate(EvaluateConfig(model=str(out / "model.pt"), out=str(out / "eval"), figures=cfg.figures,
                                  device=cfg.train.device, experiment=cfg.experiment, data=cfg.data),
-                  ctx.tracking_uri, progress=cfg.train.progress, tracker=tracker)  # test metrics go to this run
+                  ctx.tracking_uri, progress=cfg.train.progress, tracker=tracker,  # test metrics go to this run
+                  loaded=(model, info))
+    path = ev["model"]
     if result.best_metric is not None:
         tracker.log_metrics({"val/best_weighted_f1": result.best_metric})
     tracker.log_artifact(out / "config.yaml")

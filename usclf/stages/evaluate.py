@@ -3,12 +3,13 @@
 Clustering models: Algorithm 1 matching on the dev (validation) set, per-class F1 thresholds on dev,
 test report, clustering metrics against label sets, t-SNE, cluster gallery. Classifiers: thresholds on
 dev, test report, t-SNE. Everything is written to `out` and logged to MLflow; `out/model.pt` is the model
-with its matching and thresholds, ready for `usclf predict`.
+with its matching and thresholds, ready for `usclf predict`. finetune and semisup close through here with
+the model in memory: thresholds are chosen once and their `model.pt` is written once, predict-ready.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from ..eval.clustering import clustering_metrics
 from ..eval.gallery import cluster_gallery
 from ..eval.plots import plot_embedding, plot_per_class_f1
 from ..eval.report import WEIGHTED
-from ..models.modelfile import Preprocess, load_model_file, update_model_info
+from ..models.modelfile import Preprocess, load_model_file, save_model_file, update_model_info
 from ..tracking import Tracker
 from ..train.loop import resolve_device
 from .common import DataConfig, infer, open_split, rows_in
@@ -50,16 +51,19 @@ def _label_names(Y: np.ndarray, classes: list[str]) -> list[str]:
 
 
 def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: bool = True,
-             parent_run_id: str | None = None, tracker: Tracker | None = None) -> dict:
+             parent_run_id: str | None = None, tracker: Tracker | None = None,
+             loaded: tuple | None = None) -> dict:
     """Evaluate `cfg.model`; returns {'report': DataFrame, 'metrics': dict, 'model': Path, ...}.
 
     With `tracker` (an open run, e.g. the training run) metrics and artefacts go there instead of a new run.
+    With `loaded` = (model, ModelInfo) the model in memory is evaluated and written once, predict-ready, to
+    `cfg.model` (how the training stages close); otherwise `out/model.pt` is the file with its thresholds.
     """
     if not cfg.model:
         raise UsclfError("no model given: set --model PATH")
     check_out_dir(cfg.out)
     device = resolve_device(cfg.device)
-    model, info = load_model_file(cfg.model, device)
+    model, info = (loaded[0].to(device).eval(), loaded[1]) if loaded else load_model_file(cfg.model, device)
     ds, dhash = open_split(cfg.data)
     if info.classes and info.classes != list(ds.classes):
         raise UsclfError(f"model classes {info.classes} differ from the dataset's {ds.classes}")
@@ -88,8 +92,10 @@ def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: boo
     (out / "thresholds.json").write_text(json.dumps(dict(zip(ds.classes, map(float, th))), indent=2))
     if cfg.figures:
         _figures(cfg, info, ds, test, r_test, clusters, confidence, names, report, V, y_test, kind, out)
-    model_out = update_model_info(cfg.model, out / "model.pt", thresholds=[float(t) for t in th],
-                                  matching=V.tolist() if V is not None else [], soft_matching=cfg.soft)
+    found = {"thresholds": [float(t) for t in th], "matching": V.tolist() if V is not None else [],
+             "soft_matching": cfg.soft}
+    model_out = (save_model_file(cfg.model, model, replace(info, **found)) if loaded
+                 else update_model_info(cfg.model, out / "model.pt", **found))
     params = {"stage": "evaluate", "model": str(cfg.model), "head": kind.name, "method": info.method,
               "data_hash": dhash, "n_dev": len(dev), "n_test": len(test), "config": to_dict(cfg)}
     if tracker is not None:  # the training run: it logs the model file itself, so no second 40 MB copy
@@ -106,7 +112,8 @@ def evaluate(cfg: EvaluateConfig, tracking_uri: str | None = None, progress: boo
     print(format_report(report, f"test report ({len(test)} images; thresholds chosen on {cfg.dev_split})"))
     print("clustering: " + ", ".join(f"{k.split('/')[1]} {v:.3f}" for k, v in metrics.items()
                                      if k.split("/")[1] in ("acc", "nmi", "ari", "purity", "homogeneity")))
-    print(f"written to {out} (report.csv, metrics.json, figures/, gallery/gallery.html, model.pt)")
+    print(f"written to {out} (report.csv, metrics.json, figures/, gallery/gallery.html"
+          f"{')' if loaded else ', model.pt)'}")
     return {"report": report, "metrics": metrics, "model": model_out, "thresholds": th, "out": out}
 
 

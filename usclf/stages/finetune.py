@@ -49,7 +49,7 @@ def _build(ctx) -> StagePlan:
 
 def _finish(ctx, plan: StagePlan, result, tracker) -> Path:
     cfg, rows = ctx.cfg, plan.extra["rows"]
-    path, ev = finish_classifier(plan.model, cfg, ctx, plan.on_epoch_end, result, tracker, "finetune", "supervised",
+    path, ev = finish_classifier(plan.model, cfg, ctx, result, tracker, "finetune", "supervised",
                                  n_train_images=len(rows))
     print(f"fine-tuned ({init_kind(cfg.model.init)} init, {cfg.label_fraction:g} of the labels = "
           f"{len(rows)} images / {plan.extra['n_exams']} exams) for {result.epochs} epochs / {result.steps} steps; "

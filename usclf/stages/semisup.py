@@ -81,7 +81,7 @@ def _finish(ctx, plan: StagePlan, result, tracker) -> Path:
         for f in method.diag.write(ctx.out / "diagnostics", cfg.eval_every, f"{cfg.method}: pseudo-labels"):
             tracker.log_artifact(f, "diagnostics")
     meta = method.meta()
-    path, ev = finish_classifier(model, cfg, ctx, plan.on_epoch_end, result, tracker, "semisup", cfg.method,
+    path, ev = finish_classifier(model, cfg, ctx, result, tracker, "semisup", cfg.method,
                                  meta["vocab"], heads=meta["heads"], method_options=meta["method_options"],
                                  teacher=cfg.teacher, tau=cfg.tau, lambda_u=cfg.lambda_u, mu=cfg.mu,
                                  n_train_images=n_lab, n_unlabeled_images=n_unl)
