@@ -29,6 +29,9 @@ def test_strategy_names_are_checked():
     assert ev.split_variant("fixmatch-twohead", variants) == ("fixmatch-twohead", [])
     with pytest.raises(UsclfError, match=r"variant '\+tau' is not defined"):
         ev.split_variant("fixmatch-twohead+tau", variants)
+    cfg = ev.EvidenceConfig(strategies=["supervised-dc"], strategy_fractions={"supervised-random": [0.1]})
+    with pytest.raises(UsclfError, match="strategy_fractions names strategies not in strategies: supervised-random"):
+        ev.run(cfg)
 
 
 def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
@@ -36,7 +39,10 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     out = tmp_path / "ev"
     assert ev.main(["--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet", f"out={out}"]) == 0
     res = pd.read_csv(out / "results.csv")
-    assert len(res) == 2 * 2 and set(res["split_seed"]) == {0, 1}  # 2 strategies x 2 split seeds
+    # supervised at 2 fractions + the semisup variant at its one fraction, x 2 split seeds
+    assert len(res) == (2 + 1) * 2 and set(res["split_seed"]) == {0, 1}
+    assert set(res[res["method"].str.startswith("semisup")]["fraction"]) == {0.5}
+    assert res["val_f1"].between(0, 1).all()  # what candidates are chosen on, read back from each model file
     semi = res[res["method"].str.startswith("semisup")]
     assert semi["mask_rate_end"].between(0, 1).all() and "pl_precision_end" in res.columns
     assert pd.read_csv(out / "pretrain.csv")["nmi"].between(0, 1).all()
@@ -46,4 +52,5 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     md = tmp_path / "docs" / "results.md"
     assert rep.main(["--run", str(out), "--out", str(md)]) == 0
     text = md.read_text()
+    assert "Validation weighted F1" in text and "not run" in text  # the variant has no 100 % cell
     assert "supervised-dc" in text and "paired" in text and "79.3" in text and (md.parent / "img").is_dir()

@@ -10,6 +10,7 @@ from usclf.losses.fixmatch import (
     fixmatch_onehead_unlabeled,
     fixmatch_total,
     fixmatch_twohead_unlabeled,
+    twohead_ml_unlabeled,
     twohead_labeled,
 )
 from usclf.losses.supervised import multilabel_bce
@@ -91,6 +92,22 @@ def test_twohead_unlabeled_standard_fixmatch():
     assert loss.item() == pytest.approx(expected, abs=1e-12)
     loss.backward()
     assert torch.all(strong.grad[1] == 0)
+
+
+def test_twohead_ml_pseudo_labels_reach_the_sigmoid_head():
+    weak = torch.log(torch.tensor([[0.96, 0.04], [0.5, 0.5]], dtype=D))  # row 0 accepted (set 0), row 1 not
+    combo_strong = torch.zeros(2, 2, dtype=D)                            # CE = log 2 per row
+    ml_strong = torch.tensor([[0.0, 0.0], [3.0, -3.0]], dtype=D, requires_grad=True)
+    vocab = torch.tensor([[1.0, 1.0], [0.0, 1.0]])                        # set 0 = both classes
+    loss, info = twohead_ml_unlabeled(weak, combo_strong, ml_strong, vocab, tau=0.95)
+    # row 0: CE log 2 + BCE mean(log 2, log 2) = 2 log 2; row 1 masked; mean over 2 rows -> log 2
+    assert info["ce"].item() == pytest.approx(math.log(2) / 2, abs=1e-12)
+    assert info["bce"].item() == pytest.approx(math.log(2) / 2, abs=1e-12)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-12)
+    loss.backward()
+    assert torch.all(ml_strong.grad[1] == 0) and ml_strong.grad[0].tolist() == pytest.approx([-0.125, -0.125])
+    with pytest.raises(UsclfError, match="K x C"):
+        twohead_ml_unlabeled(weak, combo_strong, ml_strong, vocab[:, :1], tau=0.95)
 
 
 def test_twohead_labeled_ignores_rare_set_in_ce_only():

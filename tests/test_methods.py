@@ -67,6 +67,19 @@ def test_freematch_threshold_after_one_known_step():
     assert info["pseudo_ml"].tolist() == [[1.0, 0.0], [1.0, 0.0]]  # set 0 read back as its label set
 
 
+def test_twohead_ml_trains_the_sigmoid_head_on_accepted_label_sets():
+    m = build("fixmatch-twohead-ml", tau=0.5)
+    ml_strong = torch.zeros(2, 2, requires_grad=True)
+    loss, info = m.unlabeled_loss((LOG_P, None), (LOG_P.clone(), ml_strong))
+    assert info["mask"].all() and info["pseudo_ml"].tolist() == [[1.0, 0.0], [1.0, 0.0]]
+    # CE -log 0.6 on the combination head + BCE log 2 of sigmoid(0) against the label set (1, 0)
+    assert loss.item() == pytest.approx(-math.log(0.6) + math.log(2), abs=1e-5)
+    loss.backward()
+    assert ml_strong.grad[:, 0].lt(0).all() and ml_strong.grad[:, 1].gt(0).all()  # towards (1, 0)
+    ref = build("fixmatch-twohead", tau=0.5).unlabeled_loss((LOG_P, None), (LOG_P.clone(), None))[0]
+    assert ref.item() == pytest.approx(-math.log(0.6), abs=1e-5)  # the reference leaves the sigmoid head alone
+
+
 def test_distribution_alignment_pulls_towards_the_labelled_distribution():
     m = build("fixmatch-da-twohead", tau=0.5, options={"momentum": 0.0})
     assert m.state["p_target"].tolist() == pytest.approx([1 / 2, 1 / 3, 1 / 6])

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from usclf.errors import UsclfError
-from usclf.tracking import MAX_PARAM_VAL_LENGTH, Tracker, default_tracking_uri, flatten_params
+from usclf.tracking import MAX_PARAM_VAL_LENGTH, Tracker, default_tracking_uri, flatten_params, mlflow_key
 from usclf.train.loop import OptimConfig, TrainConfig, Trainer
 
 
@@ -83,6 +83,9 @@ def test_default_uri_and_misuse(tmp_path, monkeypatch):
     with pytest.raises(UsclfError, match="before its run was started"):
         Tracker(uri="sqlite:///unused.db").log_metrics({"a": 1.0})
     assert flatten_params({"a": {"b": [1, 2]}, "c": None}) == {"a.b": "[1, 2]", "c": "None"}
+    # a study's per-strategy mapping has keys MLflow refuses ('+'): they are made loggable, not a crash
+    assert flatten_params({"f": {"semisup-dc:fixmatch+ema": [0.1]}}) == {"f.semisup-dc:fixmatch_ema": "[0.1]"}
+    assert mlflow_key("mean_f1/a+b-f0.1") == "mean_f1/a_b-f0.1"
 
 
 def test_trainer_logs_per_step_and_per_epoch(mlflow_uri, tmp_path):

@@ -6,8 +6,8 @@ store, artifacts go to `mlruns/` beside the DB file, never elsewhere.
 from __future__ import annotations
 
 import dataclasses
-import re
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -36,6 +36,14 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///"):])
 
 
+_BAD_KEY_CHARS = re.compile(r"[^\w\-. :/]")
+
+
+def mlflow_key(name: Any) -> str:
+    """A param/metric name MLflow accepts: characters it refuses (e.g. '+') become '_' ('a+ema' -> 'a_ema')."""
+    return _BAD_KEY_CHARS.sub("_", str(name))
+
+
 def flatten_params(params: Any, prefix: str = "") -> dict[str, str]:
     """Nested dicts / dataclasses -> {'a.b.c': 'value'}, values stringified and truncated to MLflow's limit."""
     if dataclasses.is_dataclass(params) and not isinstance(params, type):
@@ -43,7 +51,8 @@ def flatten_params(params: Any, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     if isinstance(params, dict):
         for k, v in params.items():
-            key = f"{prefix}.{k}" if prefix else str(k)
+            k = mlflow_key(k)
+            key = f"{prefix}.{k}" if prefix else k
             if isinstance(v, dict) or (dataclasses.is_dataclass(v) and not isinstance(v, type)):
                 out.update(flatten_params(v, key))
             else:
@@ -147,7 +156,7 @@ class Tracker:
                 val = float(v.item() if hasattr(v, "item") else v)
             except (TypeError, ValueError):
                 raise UsclfError(f"metric '{k}' is not a number: {v!r}"[:200]) from None
-            rows.append(Metric(str(k), val, now, int(step or 0)))
+            rows.append(Metric(mlflow_key(k), val, now, int(step or 0)))
         for chunk in _chunks(rows, MAX_METRICS_PER_BATCH):
             self._client.log_batch(self.run_id, metrics=chunk)
 

@@ -114,3 +114,28 @@ def masked_hard_ce(logits_strong: Tensor, pseudo: Tensor, mask: Tensor) -> Tenso
     with torch.autocast(device_type=logits_strong.device.type, enabled=False):
         per_row = F.cross_entropy(upcast(logits_strong), pseudo.long(), reduction="none")
         return (per_row * mask.to(per_row.dtype)).mean()
+
+
+def twohead_ml_unlabeled(
+    softmax_logits_weak: Tensor, softmax_logits_strong: Tensor, ml_logits_strong: Tensor, vocab: Tensor,
+    tau: float = 0.95
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Two-head L_u whose accepted pseudo-labels also reach the sigmoid head (ours, not the paper's):
+    FixMatch CE on the combination head + BCE of the strong-view sigmoid logits to the accepted
+    combination's label set (vocab[pseudo], K x C 0/1), both masked by max p~ >= tau, mean over ALL rows.
+
+    In the paper's two-head model the predicting (sigmoid) head learns from labels only. Returns (loss,
+    {"mask_rate", "pseudo" (N long), "mask" (N bool), "ce", "bce"}).
+    """
+    ce, info = fixmatch_twohead_unlabeled(softmax_logits_weak, softmax_logits_strong, tau)
+    if vocab.dim() != 2 or ml_logits_strong.shape != (softmax_logits_strong.shape[0], vocab.shape[1]) \
+            or vocab.shape[0] != softmax_logits_strong.shape[1]:
+        raise UsclfError(f"two-head ML pseudo-labels: vocab {tuple(vocab.shape)} must be K x C for combination "
+                         f"logits {tuple(softmax_logits_strong.shape)} and sigmoid logits "
+                         f"{tuple(ml_logits_strong.shape)}")
+    with torch.autocast(device_type=ml_logits_strong.device.type, enabled=False):
+        strong = upcast(ml_logits_strong)
+        target = vocab.to(strong)[info["pseudo"]]
+        per_row = F.binary_cross_entropy_with_logits(strong, target, reduction="none").mean(1)
+        bce = (per_row * info["mask"].to(per_row.dtype)).mean()
+    return ce + bce, {**info, "ce": ce, "bce": bce}

@@ -16,6 +16,8 @@ SEMISUP = {
                          "paper Sec. 2.3.2 i: sigmoid head, pseudo-label p >= 0.5 kept when max p >= tau"),
     "fixmatch-twohead": ("usclf.methods.fixmatch:FixMatchTwoHead",
                          "paper Sec. 2.3.2 ii: FixMatch on a softmax over label combinations + sigmoid head"),
+    "fixmatch-twohead-ml": ("usclf.methods.fixmatch:FixMatchTwoHeadML",
+                            "two heads; an accepted label set also trains the predicting sigmoid head (BCE, ours)"),
     "freematch-twohead": ("usclf.methods.freematch:FreeMatchTwoHead",
                           "two heads, FreeMatch self-adaptive global/per-combination thresholds (Wang et al. 2023)"),
     "fixmatch-da-twohead": ("usclf.methods.distalign:FixMatchDATwoHead",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..losses.fixmatch import fixmatch_onehead_unlabeled, fixmatch_twohead_unlabeled
+from ..losses.fixmatch import fixmatch_onehead_unlabeled, fixmatch_twohead_unlabeled, twohead_ml_unlabeled
 from .semisup_base import SemisupMethod
 
 
@@ -30,3 +30,12 @@ def combo_info(method: SemisupMethod, info: dict) -> dict[str, torch.Tensor]:
     """Diagnostics view of a combination-head pseudo-label: its label set, accepted as a whole row."""
     pseudo = method.combo_to_labels(info["pseudo"])
     return {**info, "pseudo_ml": pseudo, "mask_ml": info["mask"][:, None].expand_as(pseudo)}
+
+
+class FixMatchTwoHeadML(SemisupMethod):
+    """Two heads; an accepted combination pseudo-label also trains the sigmoid head that predicts (ours)."""
+    name, head = "fixmatch-twohead-ml", "twohead"
+
+    def unlabeled_loss(self, out_weak, out_strong):
+        loss, info = twohead_ml_unlabeled(out_weak[0], out_strong[0], out_strong[1], self.vocab_t, self.setup.tau)
+        return loss, combo_info(self, info)

@@ -90,6 +90,11 @@ def _read(path: str | Path) -> tuple[dict, ModelInfo]:
     return obj, ModelInfo(**obj["info"])
 
 
+def read_model_info(path: str | Path) -> ModelInfo:
+    """The ModelInfo of a model file, without building the network."""
+    return _read(path)[1]
+
+
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
     """(model in eval mode, its ModelInfo) from a model file; one-line error if it is not one."""
     obj, info = _read(path)

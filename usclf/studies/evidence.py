@@ -60,6 +60,8 @@ class EvidenceConfig:
     semisup_overrides: list[str] = field(default_factory=list)
     # named extra semisup overrides: strategy "semisup-dc:fixmatch-twohead+ema" adds variants["ema"]
     variants: dict = field(default_factory=dict)
+    # strategy -> the fractions it runs at (default: all `fractions`): candidates screened at 10 % first
+    strategy_fractions: dict = field(default_factory=dict)
     out: str = "runs/evidence"
     experiment: str = "evidence"
 
@@ -114,8 +116,8 @@ def _pretrain_cells(cfg: EvidenceConfig, data: Path, split_seed: int, out: Path,
 
 def _train_cells(cfg: EvidenceConfig, data: Path, split_seed: int, dc_model: Path, out: Path,
                  uri: str | None) -> pd.DataFrame:
-    cells = [{"method": s, "fraction": f, "seed": seed} for s in cfg.strategies for f in cfg.fractions
-             for seed in cfg.seeds]
+    cells = [{"method": s, "fraction": f, "seed": seed} for s in cfg.strategies
+             for f in cfg.strategy_fractions.get(s, cfg.fractions) for seed in cfg.seeds]
 
     def run_cell(cell, cell_out, parent):
         stage, init, method = parse_strategy(cell["method"])
@@ -133,11 +135,20 @@ def _train_cells(cfg: EvidenceConfig, data: Path, split_seed: int, dc_model: Pat
                                 over + [f"method={method}"] + cfg.semisup_overrides + extra), tracking_uri=uri,
                     parent_run_id=parent)
         m = read_metrics(cell_out)
-        return {"f1": m["test/weighted_f1"], "seconds": round(time.time() - t0, 1), **_diag(cell_out)}
+        return {"f1": m["test/weighted_f1"], "val_f1": best_val_f1(cell_out), "seconds": round(time.time() - t0, 1),
+                **_diag(cell_out)}
 
     return run_study(f"{cfg.experiment}-split{split_seed}", out, cells, run_cell, ["method", "fraction"],
                      lambda d, png: plot_label_fraction_curves(d, png, f"split seed {split_seed}"),
                      {"split_seed": split_seed, **to_dict(cfg)}, uri, progress=True)
+
+
+def best_val_f1(cell_out: Path) -> float:
+    """The validation weighted F1 the stage kept its weights at (model file provenance): what candidates are
+    chosen on - never the test F1."""
+    from usclf.models.modelfile import read_model_info
+
+    return float(read_model_info(cell_out / "model.pt").provenance.get("best_val_f1") or float("nan"))
 
 
 def _diag(cell_out: Path) -> dict:
@@ -154,6 +165,9 @@ def _diag(cell_out: Path) -> dict:
 
 
 def run(cfg: EvidenceConfig, tracking_uri: str | None = None, progress: bool = True) -> pd.DataFrame:
+    unknown = set(cfg.strategy_fractions) - set(cfg.strategies)
+    if unknown:
+        raise UsclfError(f"strategy_fractions names strategies not in strategies: {', '.join(sorted(unknown))}")
     for s in cfg.strategies:
         method = parse_strategy(s)[2]
         if method:

@@ -33,13 +33,26 @@ def _ci(values) -> str:
     return f"{s['mean']:.3f} [{s['ci95_low']:.3f}, {s['ci95_high']:.3f}] (n={s['n']})"
 
 
-def fraction_table(res: pd.DataFrame) -> str:
+def _cell(values: pd.Series) -> str:
+    return _ci(values) if len(values) else "not run"
+
+
+def fraction_table(res: pd.DataFrame, value: str = "f1") -> str:
+    """Strategy x fraction table of `value` (test 'f1' or 'val_f1'): mean [95 % CI] (n)."""
     fr = sorted(res["fraction"].unique())
     lines = ["| strategy | " + " | ".join(f"{f * 100:g} %" for f in fr) + " |", "|---" * (len(fr) + 1) + "|"]
     for m in res["method"].drop_duplicates():
-        cells = [_ci(res[(res["method"] == m) & (res["fraction"] == f)]["f1"]) for f in fr]
+        cells = [_cell(res[(res["method"] == m) & (res["fraction"] == f)][value].dropna()) for f in fr]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def val_part(res: pd.DataFrame) -> list[str]:
+    """The validation table candidates are chosen on (when the run recorded it)."""
+    if "val_f1" not in res.columns or res["val_f1"].isna().all():
+        return []
+    return ["Validation weighted F1 of the kept weights (candidates are chosen on this, never on test):", "",
+            fraction_table(res, "val_f1"), ""]
 
 
 def paired_table(res: pd.DataFrame) -> str:
@@ -138,7 +151,7 @@ def section(run: Path, img_dir: Path) -> str:
     parts = [f"## {name}", "", f"Command: `{cmd}`  ", f"Wall time: {wall} on the 2-core CPU; "
              f"{n_seed} training seeds x {n_split} split seeds per cell.  ", f"Machine: {machine}.", "",
              "### Weighted F1 on test (mean [95 % CI], paper Fig. 6 layout)", "", fraction_table(res), "",
-             PAPER_FIG6, "", f"![label fractions]({img.relative_to(img_dir.parent)})", "",
+             PAPER_FIG6, "", *val_part(res), f"![label fractions]({img.relative_to(img_dir.parent)})", "",
              "### Semi-supervised minus supervised from the same init (paired: same split, labels, seed)", "",
              paired_table(res), "", "### Pseudo-label diagnostics (against the truth of the unlabelled images)", "",
              diag_table(res), "", per_class_table(run, res) if _truth_known(run) else
