@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from usclf import cli
 from usclf.errors import UsclfError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +38,9 @@ def test_strategy_names_are_checked():
 def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     ev, rep = _load("evidence"), _load("evidence_report")
     out = tmp_path / "ev"
-    assert ev.main(["--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet", f"out={out}"]) == 0
+    # through the real command line: `usclf study evidence ...` is `python pipelines/evidence.py ...`
+    assert cli.main(["study", "evidence", "--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet",
+                     f"out={out}"]) == 0
     res = pd.read_csv(out / "results.csv")
     # supervised at 2 fractions + the semisup variant at its one fraction, x 2 split seeds
     assert len(res) == (2 + 1) * 2 and set(res["split_seed"]) == {0, 1}
@@ -54,3 +57,14 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     text = md.read_text()
     assert "Validation weighted F1" in text and "not run" in text  # the variant has no 100 % cell
     assert "supervised-dc" in text and "paired" in text and "79.3" in text and (md.parent / "img").is_dir()
+
+
+def test_study_command_lists_and_rejects(capsys):
+    assert cli.main(["study", "--help"]) == 0
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in cli.STUDIES)
+    assert cli.main(["study", "evidnce"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("usclf study: error: unknown study 'evidnce'") and "\n" not in err
+    for module, _ in cli.STUDIES.values():  # every listed study resolves to a module with a command line
+        assert callable(_load(module).main)

@@ -150,6 +150,34 @@ def _predict(p):
     p.add_argument("--workers", type=int, default=0, help="processes decoding files (default 0: in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+# study name -> (module under usclf.studies, one line for --help); import-light so --help stays fast
+STUDIES = {
+    "demo": ("demo", "the `make demo` story on simulated exams"),
+    "evidence": ("evidence", "label-efficiency evidence run: strategies x fractions x seeds x split seeds"),
+    "evidence-report": ("evidence_report", "write docs/results.md from evidence run folders"),
+    "label-fractions": ("label_fraction_study", "paper Fig. 6: strategies x label fractions x seeds"),
+    "lambda": ("lambda_sensitivity", "paper Fig. 5: PICA vs LSD over lambda x seeds"),
+    "cluster-check": ("cluster_check", "deep clustering vs the same backbone untrained"),
+    "semisup-check": ("semisup_check", "FixMatch two-head vs supervised from one LSD checkpoint"),
+    "baseline-check": ("baseline_check", "clustering baselines against their papers' tables"),
+    "bench": ("bench", "throughput benchmarks (the source of every speed claim)"),
+}
+
+
+def run_study_command(argv: list[str]) -> int:
+    """`usclf study NAME [ARGS...]`: the study's own command line (same as `python pipelines/NAME.py`)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: usclf study NAME [ARGS...]   (`usclf study NAME --help` for its options)\n\nstudies:")
+        for name, (_, text) in STUDIES.items():
+            print(f"  {name:<16} {text}")
+        return 0 if argv else 1
+    if argv[0] not in STUDIES:
+        print(f"usclf study: error: unknown study '{argv[0]}'; valid: {', '.join(STUDIES)}", file=sys.stderr)
+        return 2
+    import importlib
+    return int(importlib.import_module(f"usclf.studies.{STUDIES[argv[0]][0]}").main(argv[1:]) or 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="usclf", description="Semi-supervised ultrasound organ classification: deep clustering "
@@ -160,10 +188,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (help_text, add_args, _) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_text, description=help_text)
         add_args(sp)
+    sub.add_parser("study", help="run a study pipeline: " + ", ".join(STUDIES) + " (`usclf study --help`)",
+                   add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["study"]:  # the study parses its own arguments
+        return run_study_command(argv[1:])
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     bad = [x for x in extra if x.startswith("-") or "=" not in x]
