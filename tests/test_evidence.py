@@ -56,6 +56,7 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     assert rep.main(["--run", str(out), "--out", str(md)]) == 0
     text = md.read_text()
     assert "Validation weighted F1" in text and "not run" in text  # the variant has no 100 % cell
+    assert "Test F1 per class" in text and "| 50 % | supervised-dc |" in text
     assert "supervised-dc" in text and "paired" in text and "79.3" in text and (md.parent / "img").is_dir()
 
 

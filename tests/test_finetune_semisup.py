@@ -135,6 +135,29 @@ def test_semisup_two_head_cli_from_a_pretrain_model(dataset, mlflow_uri, tmp_pat
         pytest.approx(run.data.metrics["test/weighted_f1"], abs=1e-9)
 
 
+def test_finetune_selects_on_the_configured_dev_split(dataset, mlflow_uri, tmp_path, capsys):
+    """dev_split / test_split are config: with them swapped, early stopping, the kept weights and the thresholds
+    follow the split named as dev, and the report covers the other one."""
+    out = tmp_path / "swap"
+    assert main(["finetune", "--config", "configs/finetune_demo.yaml", "--data", str(dataset), "--out", str(out),
+                 "--init", "random", "--seed", "3", *SMALL, "train.epochs=2", "dev_split=test",
+                 "test_split=val"]) == 0
+    model, meta = load_model_file(out / "model.pt")
+    data = split_data(dataset)
+    dev = np.flatnonzero((data.manifest["split"] == "test").to_numpy())
+    s_dev = sigmoid(infer(model, data, dev, AugmentConfig(size=32))["out"])
+    y_dev = data.labels(dev).astype(int)
+    assert meta.provenance["best_val_f1"] == pytest.approx(val_weighted_f1(y_dev, s_dev), abs=1e-9)
+    assert np.allclose(meta.thresholds, best_f1_thresholds(y_dev, s_dev))
+    support = pd.read_csv(out / "eval" / "report.csv", index_col="class").drop(index="weighted avg", errors="ignore")
+    val_y = data.labels(np.flatnonzero((data.manifest["split"] == "val").to_numpy())).astype(int)
+    assert support.loc[data.classes, "support"].tolist() == val_y.sum(axis=0).tolist()
+    capsys.readouterr()
+    assert main(["finetune", "--data", str(dataset), "--out", str(tmp_path / "x"), *SMALL, "dev_split=test"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "dev_split and test_split must name two different splits" in err[0]
+
+
 def test_semisup_refuses_evaluation_images_as_unlabelled(dataset, mlflow_uri, tmp_path, capsys):
     rc = main(["semisup", "--data", str(dataset), "--out", str(tmp_path / "x"), *SMALL,
                "unlabeled_splits=[unlabeled,val]"])

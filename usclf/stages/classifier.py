@@ -28,6 +28,8 @@ class ClassifierStageConfig(Protocol):
     """The fields FinetuneConfig and SemisupConfig share (what this module reads)."""
     label_fraction: float
     fraction_seed: int | None
+    dev_split: str
+    test_split: str
     out: str
     experiment: str
     figures: bool
@@ -102,7 +104,8 @@ def finish_classifier(model: torch.nn.Module, cfg: ClassifierStageConfig, ctx: S
     info = ModelInfo(list(ctx.ds.classes), stage, method, preprocess_meta(ctx.ds, cfg.augment),
                      vocab=list(vocab or []), data_hash=ctx.dhash, provenance=facts)
     ev = evaluate(EvaluateConfig(model=str(out / "model.pt"), out=str(out / "eval"), figures=cfg.figures,
-                                 device=cfg.train.device, experiment=cfg.experiment, data=cfg.data),
+                                 device=cfg.train.device, experiment=cfg.experiment, data=cfg.data,
+                                 dev_split=cfg.dev_split, test_split=cfg.test_split),
                   ctx.tracking_uri, progress=cfg.train.progress, tracker=tracker,  # test metrics go to this run
                   loaded=(model, info))
     path = ev["model"]

@@ -29,8 +29,8 @@ def supervised_step(model, batch, ctx):
 def _build(ctx) -> StagePlan:
     cfg, ds, dist = ctx.cfg, ctx.ds, ctx.dist
     rows = labelled_rows(ds, cfg.label_fraction, fraction_seed(cfg))
-    val = ValidationF1(ds, rows_in(ds, ["val"], "validation images"), cfg.augment, cfg.data)
-    rows_in(ds, ["test"], "test images")  # fail now rather than after training
+    val = ValidationF1(ds, rows_in(ds, [cfg.dev_split], "validation images"), cfg.augment, cfg.data)
+    rows_in(ds, [cfg.test_split], "test images")  # fail now rather than after training
     seed_everything(cfg.train.seed)  # the new head's (and a random backbone's) init follows the seed
     model = build_classifier(cfg.model.backbone, "multilabel", init=cfg.model.init,
                              imagenet_weights=cfg.model.imagenet_weights, num_classes=len(ds.classes))

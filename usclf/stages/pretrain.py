@@ -22,20 +22,21 @@ from .runner import StagePlan, run_stage
 from .stage_configs import PretrainConfig
 
 
-def default_k(ds, min_count: int) -> tuple[int, list]:
+def default_k(ds, min_count: int, dev_split: str = "val") -> tuple[int, list]:
     """K = number of label combinations among labelled training images (paper Sec. 2.2.3)."""
-    rows = np.flatnonzero(ds.manifest["split"].isin(["train", "val"]).to_numpy())
+    rows = np.flatnonzero(ds.manifest["split"].isin(["train", dev_split]).to_numpy())
     if len(rows) == 0:
-        raise UsclfError("cannot derive K: no labelled train/val images; set k= explicitly")
+        raise UsclfError(f"cannot derive K: no labelled train/{dev_split} images; set k= explicitly")
     vocab, _ = combination_vocabulary(ds.labels(rows).astype(int), min_count=min_count)
     return len(vocab), [list(map(int, v)) for v in vocab]
 
 
 def _build(ctx) -> StagePlan:
     cfg, ds, dist = ctx.cfg, ctx.ds, ctx.dist
-    k, vocab = (cfg.k, []) if cfg.k else default_k(ds, cfg.min_count)
+    k, vocab = (cfg.k, []) if cfg.k else default_k(ds, cfg.min_count, cfg.dev_split)
     if cfg.k:
-        vocab = default_k(ds, cfg.min_count)[1] if ds.manifest["split"].isin(["train", "val"]).any() else []
+        labelled = ds.manifest["split"].isin(["train", cfg.dev_split]).any()
+        vocab = default_k(ds, cfg.min_count, cfg.dev_split)[1] if labelled else []
     rows = rows_in(ds, cfg.train_splits, "training images")
     dataset = UltrasoundDataset(ds, rows, views=("weak", "weak"), aug=cfg.augment)  # PICA: 2 independent draws
     sampler = ExamBatchSampler(dataset.exam_ids, cfg.data.exams_per_batch, cfg.data.max_images_per_exam,
@@ -67,9 +68,10 @@ def _finish(ctx, plan: StagePlan, result, tracker) -> Path:
     tracker.log_metrics({"collapsed": float(warn is not None)})
     if warn:
         print(warn, file=sys.stderr)
-    if cfg.evaluate_after and {"val", "test"} <= set(ds.manifest["split"]):
-        ev = evaluate(EvaluateConfig(model=str(path), out=str(ctx.out / "eval"), data=cfg.data,
-                                     device=cfg.train.device), tracker=tracker, progress=cfg.train.progress)
+    if cfg.evaluate_after and {cfg.dev_split, cfg.test_split} <= set(ds.manifest["split"]):
+        ev = evaluate(EvaluateConfig(model=str(path), out=str(ctx.out / "eval"), data=cfg.data, device=cfg.train.device,
+                                     dev_split=cfg.dev_split, test_split=cfg.test_split),
+                      tracker=tracker, progress=cfg.train.progress)
         tracker.log_artifact(ev["model"], "model")  # with its cluster matching + thresholds: predict-ready
     else:
         tracker.log_artifact(path, "model")

@@ -49,8 +49,8 @@ def _build(ctx) -> StagePlan:
     cfg, ds, dist = ctx.cfg, ctx.ds, ctx.dist
     lab_rows = labelled_rows(ds, cfg.label_fraction, fraction_seed(cfg))
     unl_rows = unlabeled_rows(ds, cfg.unlabeled_splits, lab_rows, cfg.unlabeled_train_rest)
-    val = ValidationF1(ds, rows_in(ds, ["val"], "validation images"), cfg.augment, cfg.data)
-    rows_in(ds, ["test"], "test images")  # fail now rather than after training
+    val = ValidationF1(ds, rows_in(ds, [cfg.dev_split], "validation images"), cfg.augment, cfg.data)
+    rows_in(ds, [cfg.test_split], "test images")  # fail now rather than after training
     method = build_method(cfg, ds, lab_rows)
     seed_everything(cfg.train.seed)  # the new head's (and a random backbone's) init follows the seed
     model = build_classifier(cfg.model.backbone, method.head, init=cfg.model.init,

@@ -14,6 +14,13 @@ from .common import DataConfig, ExamDataConfig, ModelConfig
 METHODS = tuple(PRETRAIN)
 
 
+def check_eval_splits(cfg) -> None:
+    """The development split (selection, thresholds) and the test split must be two named, different splits."""
+    if not cfg.dev_split or not cfg.test_split or cfg.dev_split == cfg.test_split:
+        raise UsclfError(f"dev_split and test_split must name two different splits (got '{cfg.dev_split}' and "
+                         f"'{cfg.test_split}'): thresholds chosen on the test split would leak it")
+
+
 @dataclass
 class PretrainConfig:
     """Deep-clustering pretraining; defaults from the paper (Sec. 2.2, 3.2) unless noted."""
@@ -24,7 +31,9 @@ class PretrainConfig:
     min_count: int = 1                   # label sets seen fewer times are not counted in the vocabulary
     train_splits: list[str] = field(default_factory=lambda: ["unlabeled"])  # labels are never read
     out: str = "runs/pretrain"
-    evaluate_after: bool = True          # evaluate on val/test when they exist; metrics land in this run
+    evaluate_after: bool = True          # evaluate on dev/test when they exist; metrics land in this run
+    dev_split: str = "val"               # paper Sec. 2.2.3: matching + thresholds on the development set
+    test_split: str = "test"
     experiment: str = "usclf-pretrain"
     data: ExamDataConfig = field(default_factory=ExamDataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -41,6 +50,7 @@ class PretrainConfig:
             raise UsclfError(f"min_count must be >= 1, got {self.min_count}")
         if not self.train_splits:
             raise UsclfError("train_splits must name at least one split")
+        check_eval_splits(self)
 
 
 @dataclass
@@ -48,6 +58,8 @@ class FinetuneConfig:
     """Supervised fine-tuning; defaults from the paper (Sec. 2.2.4, 3.2) unless noted."""
     label_fraction: float = 1.0          # share of labelled train exams used (paper Fig. 6: 0.1/0.2/0.5/1.0)
     fraction_seed: int | None = None     # seed of the nested label subset; null = train.seed
+    dev_split: str = "val"               # early stopping, best weights and per-class thresholds (paper Sec. 3.2)
+    test_split: str = "test"             # reported only, never selected on
     out: str = "runs/finetune"
     experiment: str = "usclf-finetune"
     figures: bool = True                 # evaluate's t-SNE / per-class bars (off in multi-run studies)
@@ -56,6 +68,9 @@ class FinetuneConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # paper Sec. 3.2: early stopping after 7 epochs without validation improvement, best-val weights kept
     train: TrainConfig = field(default_factory=lambda: TrainConfig(patience=7))
+
+    def __post_init__(self):
+        check_eval_splits(self)
 
 
 @dataclass
@@ -75,6 +90,8 @@ class SemisupConfig:
     labeled_epochs: float | None = None
     label_fraction: float = 1.0          # share of labelled train exams used (paper Fig. 6: 0.1/0.2/0.5/1.0)
     fraction_seed: int | None = None     # seed of the nested label subset; null = train.seed
+    dev_split: str = "val"               # best weights and per-class thresholds (paper Sec. 3.2)
+    test_split: str = "test"             # reported only, never selected on
     unlabeled_splits: list[str] = field(default_factory=lambda: ["unlabeled"])
     unlabeled_train_rest: bool = True    # train exams outside the label fraction join the unlabelled pool
     diagnostics: bool = True             # pseudo-label precision/recall vs the truth where known (simulated data)
@@ -91,6 +108,7 @@ class SemisupConfig:
 def check_config(cfg: SemisupConfig) -> None:
     """One-line errors for settings that cannot work."""
     method_class("semisup", cfg.method)
+    check_eval_splits(cfg)
     if cfg.mu < 1 or cfg.eval_every < 1 or cfg.min_count < 1:
         raise UsclfError(f"mu, eval_every and min_count must be >= 1 (got {cfg.mu}, {cfg.eval_every}, {cfg.min_count})")
     if cfg.unlabeled_exams is not None and cfg.unlabeled_exams < 1:
@@ -101,6 +119,6 @@ def check_config(cfg: SemisupConfig) -> None:
         raise UsclfError(f"labeled_epochs must be > 0 or null, got {cfg.labeled_epochs}")
     if cfg.teacher == "ema" and not cfg.train.ema:
         raise UsclfError("teacher=ema needs train.ema (an EMA decay such as 0.999)")
-    leak = sorted(set(cfg.unlabeled_splits) & {"val", "test"})
+    leak = sorted(set(cfg.unlabeled_splits) & {cfg.dev_split, cfg.test_split})
     if leak:
         raise UsclfError(f"unlabeled_splits must not include {', '.join(leak)}: it would train on evaluation images")

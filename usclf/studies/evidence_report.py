@@ -10,6 +10,7 @@ and seed, hence the same labelled images), the pseudo-label diagnostics, and the
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ import pandas as pd
 
 
 from usclf.eval.report import seeds_summary
+from usclf.stages.study import cell_name
 
 PAPER_FIG6 = ("paper 003 (Fig. 6, Sec. 3.3.2, 10 % labels): semi-supervised from deep clustering 79.3, supervised "
               "from deep clustering 76.9, supervised from ImageNet 69.2; best model 84.1 at 100 %.")
@@ -121,6 +123,26 @@ def per_class_table(run: Path, res: pd.DataFrame) -> str:
     return "\n".join(head + rows)
 
 
+def class_f1_table(run: Path, res: pd.DataFrame) -> str:
+    """Mean test F1 per class, strategy and fraction (over seeds x splits): where a strategy gains or loses."""
+    rows = []
+    for r in res.itertuples():
+        f = run / f"split{r.split_seed}" / "train" / "runs" / cell_name(
+            {"method": r.method, "fraction": r.fraction, "seed": r.seed}) / "eval" / "metrics.json"
+        if f.is_file():
+            m = json.loads(f.read_text())
+            rows.append({"method": r.method, "fraction": r.fraction,
+                         **{k[len("test/f1_"):]: v for k, v in m.items() if k.startswith("test/f1_")}})
+    if not rows:
+        return ""
+    d = pd.DataFrame(rows)
+    classes = [c for c in d.columns if c not in ("method", "fraction")]
+    g = d.groupby(["fraction", "method"], sort=False)[classes].mean().sort_index(level=0, sort_remaining=False)
+    lines = ["| fraction | strategy | " + " | ".join(classes) + " |", "|---" * (len(classes) + 2) + "|"]
+    lines += [f"| {f * 100:g} % | {m} | " + " | ".join(f"{v:.3f}" for v in r) + " |" for (f, m), r in g.iterrows()]
+    return "\n".join(lines)
+
+
 def compute_table(res: pd.DataFrame) -> str:
     if "seconds" not in res.columns:
         return ""
@@ -158,6 +180,9 @@ def section(run: Path, img_dir: Path) -> str:
              "The unlabelled images carry no labels here, so pseudo-label precision cannot be measured; the mask "
              "rate and accepted counts above are exact.", "", "### Compute per strategy (training + evaluation, 2 CPU cores)", "",
              compute_table(res), ""]
+    per_class = class_f1_table(run, res)
+    if per_class:
+        parts += ["### Test F1 per class (mean over seeds x splits)", "", per_class, ""]
     if pre is not None:
         parts += ["### Deep clustering: PICA vs LSD (paper Table 1 layout)", "", pretrain_table(pre), "",
                   PAPER_TABLE1, ""]
