@@ -104,7 +104,7 @@ def per_class_table(run: Path, res: pd.DataFrame) -> str:
     """Pseudo-label precision per class over whole runs (sum of counts over all windows and runs), beside the
     share of frames carrying the class: precision near that share means the pseudo-labels carry no signal."""
     manifest = run / "dataset" / "manifest.csv"
-    files = {m: sorted(run.glob(f"split*/train/runs/method{m}-*/diagnostics/pseudo_labels.csv"))
+    files = {m: sorted(run.glob(f"split*/train/runs/method{m}-fraction*/diagnostics/pseudo_labels.csv"))
              for m in res["method"].drop_duplicates() if m.startswith("semisup")}
     if not manifest.is_file() or not any(files.values()):
         return ""
