@@ -77,3 +77,22 @@ def tiny_disk(path: Path, kb: int):
     finally:
         if subprocess.run(["umount", str(path)], capture_output=True).returncode:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def calibrated(model, images, size: int = 32):
+    """An untrained timm ResNet gives the same output for every image; BN statistics from the data (and
+    unit BN gains) make outputs depend on the image, so a preprocessing mismatch cannot go unnoticed."""
+    import numpy as np
+    import torch
+
+    from usclf.data.transforms import AugmentConfig, build_transform
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+            m.weight.data.fill_(1.0)
+    t = build_transform("eval", AugmentConfig(size=size))
+    with torch.no_grad():
+        model.train()(torch.from_numpy(np.stack([t(im) for im in images]))[:, None])
+    return model.eval()

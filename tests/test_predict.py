@@ -20,11 +20,12 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import set_pixel_data
 from pydicom.uid import ExplicitVRLittleEndian
 
+from conftest import calibrated
 from usclf.cli import main
 from usclf.data.cache import open_dataset
 from usclf.data.ingest import IngestConfig, ingest
 from usclf.data.simulate import SimulateConfig, simulate
-from usclf.data.transforms import AugmentConfig, build_transform
+from usclf.data.transforms import AugmentConfig
 from usclf.errors import UsclfError
 from usclf.models.heads import build_classifier
 from usclf.models.modelfile import ModelInfo, Preprocess, save_model_file
@@ -76,20 +77,6 @@ def _odd_exam(d: Path) -> None:
     (d / "notes.txt").write_text("Doe^Jane liver ok\n")
 
 
-def _calibrated(model: torch.nn.Module, images: np.ndarray) -> torch.nn.Module:
-    """An untrained timm ResNet gives the same output for every image; BN statistics from the data (and
-    unit BN gains) make outputs depend on the image, so a preprocessing mismatch cannot go unnoticed."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-            m.weight.data.fill_(1.0)
-    t = build_transform("eval", AugmentConfig(size=32))
-    with torch.no_grad():
-        model.train()(torch.from_numpy(np.stack([t(im) for im in images]))[:, None])
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return _world(tmp_path_factory)
@@ -107,12 +94,12 @@ def _world(tmp_path_factory) -> SimpleNamespace:
     ds = open_dataset(tmp / "ds")
     pre = preprocess_meta(ds, AugmentConfig(size=32))          # what finetune/pretrain store: 36 px -> 32 px
     torch.manual_seed(0)
-    ml = _calibrated(build_classifier("resnet18", "multilabel", num_classes=len(ds.classes)), ds.images)
+    ml = calibrated(build_classifier("resnet18", "multilabel", num_classes=len(ds.classes)), ds.images)
     rows = np.arange(len(ds.manifest))
     ref_ml = class_scores("multilabel", infer(ml, ds, rows, AugmentConfig(size=32))["out"])
     th = np.median(ref_ml, axis=0)                             # about half the frames positive per class
     save_model_file(tmp / "ml.pt", ml, ModelInfo(ds.classes, "finetune", preprocess=pre, thresholds=th.tolist()))
-    cl = _calibrated(build_classifier("resnet18", "cluster", num_clusters=5), ds.images)
+    cl = calibrated(build_classifier("resnet18", "cluster", num_clusters=5), ds.images)
     V = np.random.default_rng(0).random((5, len(ds.classes)))
     save_model_file(tmp / "cl.pt", cl, ModelInfo(ds.classes, "pretrain", preprocess=pre,
                                                  thresholds=[0.5] * len(ds.classes), matching=V.tolist()))
@@ -203,7 +190,7 @@ def test_clustering_model_scores_are_matched_cluster_label_mixes(world):
 
 def test_two_head_model_predicts_with_its_sigmoid_head(world, tmp_path):
     ds = world.ds
-    m = _calibrated(build_classifier("resnet18", "twohead", num_combos=4, num_classes=len(ds.classes)), ds.images)
+    m = calibrated(build_classifier("resnet18", "twohead", num_combos=4, num_classes=len(ds.classes)), ds.images)
     save_model_file(tmp_path / "two.pt", m, ModelInfo(ds.classes, "semisup", thresholds=[0.5] * len(ds.classes),
                                                       preprocess=preprocess_meta(ds, AugmentConfig(size=32))))
     res = predict(tmp_path / "two.pt", world.raw, tmp_path / "p.jsonl", progress=False, salt=SALT)

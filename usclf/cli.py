@@ -148,6 +148,9 @@ def _predict(p):
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, default=0, help="processes decoding files (default 0: in this process)")
+    p.add_argument("--dicom-sr", metavar="DIR", help="also write one DICOM Comprehensive SR per study of the DICOM "
+                   "inputs into DIR: per-organ presence, probability, threshold, the model's identity, references "
+                   "to the source instances (PNG/JPEG inputs keep the rows only)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 # study name -> (module under usclf.studies, one line for --help); import-light so --help stays fast
@@ -160,8 +163,54 @@ STUDIES = {
     "cluster-check": ("cluster_check", "deep clustering vs the same backbone untrained"),
     "semisup-check": ("semisup_check", "FixMatch two-head vs supervised from one LSD checkpoint"),
     "baseline-check": ("baseline_check", "clustering baselines against their papers' tables"),
+    "annotation-loop": ("annotation_loop", "simulated annotation loop: usclf suggest vs uncertainty vs random"),
     "bench": ("bench", "throughput benchmarks (the source of every speed claim)"),
 }
+
+
+@command("export", "model file -> ONNX / TorchScript / MLflow pyfunc model, checked against PyTorch; optionally "
+         "registered in the MLflow model registry (alias 'champion' = best validation F1)", "usclf.deploy.cli:run_export")
+def _export(p):
+    p.add_argument("--model", required=True, help="model file with thresholds (the model.pt of finetune/semisup, "
+                   "or evaluate's eval/model.pt for a clustering model)")
+    p.add_argument("--format", required=True, choices=["onnx", "torchscript", "mlflow"],
+                   help="onnx / torchscript: one graph, pixels 0-255 (N x 1 x S x S) -> scores + labels, metadata "
+                   "inside; mlflow: a pyfunc folder taking raw frames (N x H x W uint8)")
+    p.add_argument("--out", required=True, help="output file (.onnx / .pt) or folder (mlflow)")
+    p.add_argument("--data", help="dataset folder from `usclf ingest`: check parity on its first 64 cache images "
+                   "(default: 8 seeded random frames)")
+    p.add_argument("--tol", type=float, default=1e-4, help="largest |score difference| to PyTorch accepted "
+                   "(default 1e-4); above it nothing is written")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.add_argument("--register", metavar="NAME", help="also register the MLflow model as a new version of NAME "
+                   "in the tracking server's model registry (needs --format mlflow)")
+    p.add_argument("--alias", default="champion", help="registry alias moved to the new version when its "
+                   "validation F1 beats the current holder's (default champion)")
+    _common(p, config=False)
+
+
+@command("suggest", "rank unlabelled frames to label next: cover clusters with few labelled frames (most typical "
+         "first), then the most uncertain; near-duplicates of one sweep collapsed", "usclf.stages.cli_suggest:run_suggest")
+def _suggest(p):
+    p.add_argument("--model", required=True, help="model file: a classifier with thresholds (uncertainty = margin to "
+                   "the threshold) or a clustering model (1 - max cluster probability)")
+    p.add_argument("--data", required=True, help="dataset folder written by `usclf ingest` (with a split)")
+    p.add_argument("--budget", type=int, required=True, help="number of frames to suggest")
+    p.add_argument("--out", required=True, help="output folder: suggestions.csv, suggestions.html + thumbnails")
+    p.add_argument("--clusters", metavar="MODEL", help="clustering model whose clusters are covered (default: the "
+                   "clusters / label sets of --model)")
+    p.add_argument("--labeled", metavar="CSV", help="image_id column: the frames labelled so far (default: every "
+                   "row with labels)")
+    p.add_argument("--pool", default="unlabeled", help="comma-separated splits to suggest from (default unlabeled)")
+    p.add_argument("--strategy", default="coverage", choices=["coverage", "uncertainty", "random"],
+                   help="coverage (default): clusters first, then uncertainty; uncertainty only; random")
+    p.add_argument("--cover", type=int, default=1, help="labelled frames wanted per cluster before uncertainty "
+                   "takes over (default 1)")
+    p.add_argument("--dup-corr", type=float, default=0.95, help="thumbnail correlation at which a frame counts as a "
+                   "near duplicate of a chosen/labelled frame of its exam (default 0.95)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random strategy (default 0)")
+    p.add_argument("--split-seed", type=int, default=0, help="split manifest to read (default 0)")
+    _common(p, config=False)
 
 
 def run_study_command(argv: list[str]) -> int:

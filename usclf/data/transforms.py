@@ -122,6 +122,14 @@ def _weak(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.n
     return out
 
 
+def eval_resize(img: np.ndarray, size: int) -> np.ndarray:
+    """The eval pipeline's resize of a square uint8 frame to size x size (exported models take its output)."""
+    if img.shape == (size, size):
+        return img
+    interp = cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
 class Transform:
     """Callable `fn(img_uint8_HxW, seed) -> float32 HxW`; deterministic given the seed."""
 
@@ -138,9 +146,7 @@ class Transform:
         if img.ndim != 2 or img.dtype != np.uint8:
             raise UsclfError(f"transform expects an H x W uint8 image, got shape {img.shape} {img.dtype}")
         if self.kind == "eval":  # plain resize, no randomness
-            if img.shape != (self.size, self.size):
-                interp = cv2.INTER_AREA if img.shape[0] > self.size else cv2.INTER_LINEAR
-                img = cv2.resize(img, (self.size, self.size), interpolation=interp)
+            img = eval_resize(img, self.size)
         else:
             if seed is None:
                 raise UsclfError(f"the '{self.kind}' transform needs a seed (got None)")

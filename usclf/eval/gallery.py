@@ -12,7 +12,7 @@ import numpy as np
 from usclf.errors import UsclfError
 
 PAD_VALUE = 255  # white separators between thumbnails
-_CSS = """
+PAGE_CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
 h1{font-size:1.4em} h2{font-size:1.1em;margin:.2em 0}
 .cluster{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.8em;margin:0 0 1em 0;
@@ -53,7 +53,7 @@ def _check_inputs(images, clusters, confidence, matched, classes) -> tuple[np.nd
     return clusters, confidence, matched
 
 
-def _thumb(img: np.ndarray, size: int) -> np.ndarray:
+def thumb_tile(img: np.ndarray, size: int) -> np.ndarray:
     """Fit img into a size x size tile (aspect kept, black margins)."""
     h, w = img.shape
     s = size / max(h, w)
@@ -128,7 +128,7 @@ def cluster_gallery(images: np.ndarray, clusters: np.ndarray, confidence: np.nda
         sorted_top = np.sort(top)
         pix = np.asarray(images[sorted_top])
         pix = pix[np.searchsorted(sorted_top, top)]
-        sprite = make_sprite([_thumb(p, thumb) for p in pix], cols)
+        sprite = make_sprite([thumb_tile(p, thumb) for p in pix], cols)
         name = f"cluster_{k:0{width}d}.png"
         if not cv2.imwrite(str(img_dir / name), sprite):
             raise UsclfError(f"gallery: could not write {img_dir / name}")
@@ -150,7 +150,7 @@ def cluster_gallery(images: np.ndarray, clusters: np.ndarray, confidence: np.nda
                       + ", ".join(str(k) for k in sorted(empty)) + "</p>")
     head = html.escape(title or "Cluster gallery")
     doc = (
-        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{head}</title><style>{_CSS}</style>'
+        f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{head}</title><style>{PAGE_CSS}</style>'
         f"</head><body>\n<h1>{head}</h1>\n"
         f"<p>{n} images in {k_total} clusters ({k_total - len(empty)} non-empty), largest first. "
         f"Each grid shows up to {per_cluster} of the cluster's most confident images; the label mix is "

@@ -28,6 +28,7 @@ class ClassifierStageConfig(Protocol):
     """The fields FinetuneConfig and SemisupConfig share (what this module reads)."""
     label_fraction: float
     fraction_seed: int | None
+    labeled_ids: str | None
     dev_split: str
     test_split: str
     out: str
@@ -49,9 +50,13 @@ def fraction_seed(cfg: ClassifierStageConfig) -> int:
     return cfg.train.seed if cfg.fraction_seed is None else cfg.fraction_seed
 
 
-def labelled_rows(ds, fraction: float, seed: int) -> np.ndarray:
-    """Manifest rows of the train exams kept at `fraction` (nested across fractions for one seed)."""
-    rows = np.flatnonzero(label_fraction_mask(ds.manifest, fraction, seed))
+def labelled_rows(ds, fraction: float, seed: int, labeled_ids: str | None = None) -> np.ndarray:
+    """Manifest rows of the train exams kept at `fraction` (nested across fractions for one seed), or, with
+    `labeled_ids` (a CSV with an image_id column, e.g. frames chosen by `usclf suggest`), those train rows."""
+    if labeled_ids:
+        rows = _rows_of_ids(ds, labeled_ids)
+    else:
+        rows = np.flatnonzero(label_fraction_mask(ds.manifest, fraction, seed))
     if np.isnan(ds.labels(rows)).any():
         raise UsclfError("some train rows have no labels; re-run `usclf split` on the dataset")
     if len(rows) < 2:
@@ -59,11 +64,32 @@ def labelled_rows(ds, fraction: float, seed: int) -> np.ndarray:
     return rows
 
 
+def _rows_of_ids(ds, path: str) -> np.ndarray:
+    import pandas as pd
+    if not Path(path).is_file():
+        raise UsclfError(f"labeled_ids file not found: {path}")
+    ids = pd.read_csv(path, dtype=str)
+    if "image_id" not in ids.columns:
+        raise UsclfError(f"{path}: needs an image_id column (the manifest's image ids)")
+    man = ds.manifest
+    train = (man["split"] == "train").to_numpy()
+    where = dict(zip(man["image_id"].astype(str), range(len(man))))
+    missing = [i for i in ids["image_id"] if i not in where or not train[where[i]]]
+    if missing:
+        raise UsclfError(f"{path}: {len(missing)} image id(s) are not train rows of {ds.root}, e.g. {missing[0]}")
+    return np.array(sorted({where[i] for i in ids["image_id"]}), dtype=np.int64)
+
+
+def cfg_labelled_rows(cfg: ClassifierStageConfig, ds) -> np.ndarray:
+    """The stage's labelled train rows: `labeled_ids` when set, else the label fraction."""
+    return labelled_rows(ds, cfg.label_fraction, fraction_seed(cfg), cfg.labeled_ids)
+
+
 def run_params(stage: str, method: str, cfg: ClassifierStageConfig, ctx: StageContext, n_train: int) -> dict:
     """The MLflow params both classifier stages log (each adds its own)."""
     return {"stage": stage, "method": method, "init": cfg.model.init, "init_kind": init_kind(cfg.model.init),
             "fraction": cfg.label_fraction, "seed": cfg.train.seed, "fraction_seed": fraction_seed(cfg),
-            "data_hash": ctx.dhash, "n_train_images": n_train, "config": to_dict(cfg)}
+            "labeled_ids": cfg.labeled_ids or "", "data_hash": ctx.dhash, "n_train_images": n_train, "config": to_dict(cfg)}
 
 
 def run_tags(stage: str, method: str, cfg: ClassifierStageConfig) -> dict:

@@ -14,7 +14,7 @@ from ..data.sampler import RandomBatchSampler, make_loader
 from ..losses.supervised import multilabel_bce
 from ..models.heads import build_classifier
 from ..train.distributed import seed_everything
-from .classifier import (ValidationF1, finish_classifier, fraction_seed, init_kind, labelled_rows, run_params,
+from .classifier import (ValidationF1, cfg_labelled_rows, finish_classifier, init_kind, run_params,
                          run_tags, summary)
 from .common import rows_in
 from .runner import StagePlan, run_stage
@@ -28,7 +28,7 @@ def supervised_step(model, batch, ctx):
 
 def _build(ctx) -> StagePlan:
     cfg, ds, dist = ctx.cfg, ctx.ds, ctx.dist
-    rows = labelled_rows(ds, cfg.label_fraction, fraction_seed(cfg))
+    rows = cfg_labelled_rows(cfg, ds)
     val = ValidationF1(ds, rows_in(ds, [cfg.dev_split], "validation images"), cfg.augment, cfg.data)
     rows_in(ds, [cfg.test_split], "test images")  # fail now rather than after training
     seed_everything(cfg.train.seed)  # the new head's (and a random backbone's) init follows the seed
@@ -51,7 +51,8 @@ def _finish(ctx, plan: StagePlan, result, tracker) -> Path:
     cfg, rows = ctx.cfg, plan.extra["rows"]
     path, ev = finish_classifier(plan.model, cfg, ctx, result, tracker, "finetune", "supervised",
                                  n_train_images=len(rows))
-    print(f"fine-tuned ({init_kind(cfg.model.init)} init, {cfg.label_fraction:g} of the labels = "
+    which = "labeled_ids" if cfg.labeled_ids else f"{cfg.label_fraction:g} of the labels"
+    print(f"fine-tuned ({init_kind(cfg.model.init)} init, {which} = "
           f"{len(rows)} images / {plan.extra['n_exams']} exams) for {result.epochs} epochs / {result.steps} steps; "
           f"{summary(result, ev)} -> {path}")
     return path

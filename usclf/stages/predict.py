@@ -57,6 +57,7 @@ class PredictResult:
     n_predicted: int
     n_skipped: int
     seconds: float
+    sr: object = None       # deploy.dicom_sr.SRResult when --dicom-sr was asked for
 
 
 class Predictor:
@@ -65,6 +66,7 @@ class Predictor:
     def __init__(self, model_path: str | Path, device: str = "auto"):
         self.device = resolve_device(device)
         self.model, info = load_model_file(model_path, self.device)
+        self.info = info
         self.classes = list(info.classes)
         if not self.classes:
             raise UsclfError(f"{model_path}: model file lists no classes")
@@ -167,17 +169,20 @@ def _tally(p: _Pending, classes: list[str]) -> None:
 
 def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path, batch_size: int = 64,
             device: str = "auto", progress: bool = True, salt: str | None = None, workers: int = 0,
-            on_unit: Callable[[str, int], None] | None = None) -> PredictResult:
+            on_unit: Callable[[str, int], None] | None = None, dicom_sr: str | Path | None = None) -> PredictResult:
     """Predict every image/frame under `input_dir` into `out_file` (+ `<stem>_exams<ext>`); resumable.
 
     `workers` > 0 decodes files in that many processes; `on_unit(folder, n_rows)` is called after each
-    folder is safely recorded.
+    folder is safely recorded; `dicom_sr`: a folder for one DICOM SR per study of the DICOM inputs, written
+    from the complete output (deploy/dicom_sr.py).
     """
     t0 = time.perf_counter()
     if batch_size < 1 or workers < 0:
         raise UsclfError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     out, exams_path, state, fmt = output_paths(out_file)
     check_out(out, exams_path, state)
+    if dicom_sr is not None and Path(dicom_sr).exists() and not Path(dicom_sr).is_dir():
+        raise UsclfError(f"--dicom-sr {dicom_sr} is a file, not a folder")
     root = Path(input_dir).resolve()
     if not root.is_dir():
         raise UsclfError(f"input folder not found: {root}")
@@ -209,10 +214,15 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
                                               fmt == "parquet")) from None
         raise UsclfError(f"cannot write {out}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")) \
             from None
+    sr = None
+    if dicom_sr is not None:
+        from ..deploy.dicom_sr import read_rows, write_exam_reports
+        sr = write_exam_reports(read_rows(out), root, dicom_sr, pred.classes, pred.thresholds,
+                                {"method": pred.info.method, "model_sha1": run["model_sha1"]})
     return PredictResult(out=out, exams=exams_path, n_units=len(units),
                          n_units_done=len(units) - counts["todo_units"], n_rows=counts["rows"],
                          n_predicted=counts["predicted"], n_skipped=counts["rows"] - counts["predicted"],
-                         seconds=time.perf_counter() - t0)
+                         seconds=time.perf_counter() - t0, sr=sr)
 
 
 def _predict_into(output: _Output, pred: Predictor, root: Path, units: list[Unit], columns: list[str],

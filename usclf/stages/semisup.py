@@ -20,7 +20,7 @@ from ..methods.semisup_base import MethodSetup, SemisupMethod
 from ..models.heads import build_classifier
 from ..train.distributed import seed_everything
 from ..train.loop import TrainConfig
-from .classifier import (ValidationF1, finish_classifier, fraction_seed, init_kind, labelled_rows, run_params,
+from .classifier import (ValidationF1, cfg_labelled_rows, finish_classifier, init_kind, run_params,
                          run_tags, summary)
 from .common import rows_in
 from .runner import StagePlan, run_stage
@@ -47,7 +47,7 @@ def build_method(cfg: SemisupConfig, ds, lab_rows: np.ndarray) -> SemisupMethod:
 
 def _build(ctx) -> StagePlan:
     cfg, ds, dist = ctx.cfg, ctx.ds, ctx.dist
-    lab_rows = labelled_rows(ds, cfg.label_fraction, fraction_seed(cfg))
+    lab_rows = cfg_labelled_rows(cfg, ds)
     unl_rows = unlabeled_rows(ds, cfg.unlabeled_splits, lab_rows, cfg.unlabeled_train_rest)
     val = ValidationF1(ds, rows_in(ds, [cfg.dev_split], "validation images"), cfg.augment, cfg.data)
     rows_in(ds, [cfg.test_split], "test images")  # fail now rather than after training

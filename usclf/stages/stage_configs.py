@@ -58,6 +58,7 @@ class FinetuneConfig:
     """Supervised fine-tuning; defaults from the paper (Sec. 2.2.4, 3.2) unless noted."""
     label_fraction: float = 1.0          # share of labelled train exams used (paper Fig. 6: 0.1/0.2/0.5/1.0)
     fraction_seed: int | None = None     # seed of the nested label subset; null = train.seed
+    labeled_ids: str | None = None       # CSV of train image_ids to use instead of the fraction (usclf suggest)
     dev_split: str = "val"               # early stopping, best weights and per-class thresholds (paper Sec. 3.2)
     test_split: str = "test"             # reported only, never selected on
     out: str = "runs/finetune"
@@ -90,6 +91,7 @@ class SemisupConfig:
     labeled_epochs: float | None = None
     label_fraction: float = 1.0          # share of labelled train exams used (paper Fig. 6: 0.1/0.2/0.5/1.0)
     fraction_seed: int | None = None     # seed of the nested label subset; null = train.seed
+    labeled_ids: str | None = None       # CSV of train image_ids to use instead of the fraction (usclf suggest)
     dev_split: str = "val"               # best weights and per-class thresholds (paper Sec. 3.2)
     test_split: str = "test"             # reported only, never selected on
     unlabeled_splits: list[str] = field(default_factory=lambda: ["unlabeled"])

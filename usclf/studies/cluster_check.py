@@ -67,7 +67,8 @@ def run(out: Path, exams: int = 160, size: int = 64, epochs: int = 10, lr: float
                                     data=cfg.data), tracking_uri=tracking_uri, progress=False)
         met = r["metrics"]
         rows.append({"method": m, "nmi": met["test/nmi"], "acc": met["test/acc"], "ari": met["test/ari"],
-                     "purity": met["test/purity"], "weighted_f1": met["test/weighted_f1"], "seconds": round(time.time() - t0, 1)})
+                     "purity": met["test/purity"], "weighted_f1": met["test/weighted_f1"],
+                     "seconds": round(time.time() - t0, 1)})
     df = pd.DataFrame(rows)
     df.to_csv(out / "cluster_check.csv", index=False)
     return df

@@ -1,0 +1,1 @@
+"""Active learning: which unlabelled frames an annotator should label next (`usclf suggest`)."""

@@ -1,0 +1,1 @@
+"""Taking a trained model to the clinic: export (ONNX, TorchScript, MLflow pyfunc), the model registry."""
