@@ -132,3 +132,23 @@ def test_finetune_trains_on_exactly_the_labeled_ids(world, tmp_path, mlflow_uri,
     pd.DataFrame({"image_id": train[:2] + val}).to_csv(tmp_path / "bad.csv", index=False)
     assert main([*common, "--out", str(tmp_path / "ft2"), f"labeled_ids={tmp_path / 'bad.csv'}"]) == 2
     assert "not train rows" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_annotation_loop_adds_the_budget_each_round_and_reports_every_strategy(tmp_path, mlflow_uri):
+    from usclf.studies.annotation_loop import AnnotationLoopConfig, run
+
+    cfg = AnnotationLoopConfig(out=str(tmp_path / "loop"), exams=24, size=32, budget=5, rounds=2, seeds=[0],
+                               pretrain_overrides=["train.epochs=1"], finetune_overrides=["train.epochs=2"])
+    df = run(cfg, tracking_uri=mlflow_uri, progress=False)
+    start = int(df.loc[df["strategy"] == "start", "n_labelled"].iloc[0])
+    for st in cfg.strategies:
+        g = df[df["strategy"] == st].sort_values("round")
+        assert g["n_labelled"].tolist() == [start + 5, start + 10], st   # budget added, no frame twice
+    r1 = tmp_path / "loop" / "runs" / "seed0-strategycoverage-round1"
+    sug = pd.read_csv(r1 / "suggest" / "suggestions.csv")
+    before = pd.read_csv(tmp_path / "loop" / "runs" / "seed0-strategystart-round0" / "labeled.csv")["image_id"]
+    assert len(sug) == 5 and not set(sug["image_id"]) & set(before)                 # only frames not labelled yet
+    table = (tmp_path / "loop" / "annotation_loop.md").read_text()
+    assert all(f"| {st} |" in table for st in cfg.strategies) and "Paired gain over random" in table
+    assert (tmp_path / "loop" / "annotation_loop.png").is_file()

@@ -12,6 +12,7 @@ fine-tune is the same config and seed; test weighted F1 is reported per round, n
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ import pandas as pd
 
 from usclf.config import load_config, to_dict
 from usclf.data.cache import open_dataset
-from usclf.data.splits import label_fraction_mask
+from usclf.data.splits import label_fraction_mask, split_dataset
+from usclf.stages.cli_data import IngestStageConfig
 from usclf.stages.finetune import FinetuneConfig, finetune
 from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.study import cell_name, read_metrics, run_study, study_main
@@ -46,6 +48,8 @@ class AnnotationLoopConfig:
     pretrain_overrides: list[str] = field(default_factory=list)
     finetune_config: str = "configs/finetune_demo.yaml"
     finetune_overrides: list[str] = field(default_factory=list)
+    split_seed: int = 0                   # the demo split drawn with this seed (a run per split seed)
+    combine: list[str] = field(default_factory=list)  # run folders to report together (no training), into out
     experiment: str = "annotation_loop"
 
 
@@ -58,20 +62,30 @@ def _write_ids(path: Path, ids: list[str]) -> None:
     pd.DataFrame({"image_id": ids}).to_csv(path, index=False)
 
 
-def run(cfg: AnnotationLoopConfig, tracking_uri: str | None = None, progress: bool = True) -> pd.DataFrame:
-    out = Path(cfg.out)
+def _prepare(cfg: AnnotationLoopConfig, out: Path, tracking_uri: str | None):
+    """Data (split `cfg.split_seed`), the LSD model pretrained on its unlabelled exams, train-frame clusters."""
     data = make_data(out, cfg.exams, cfg.size)
+    manifest = data / f"manifest_split_seed{cfg.split_seed}.csv"
+    if not manifest.is_file():
+        split = load_config(IngestStageConfig, ROOT / "configs" / "ingest_demo.yaml").split
+        split_dataset(data, dataclasses.replace(split, seed=cfg.split_seed))
     lsd = out / "lsd" / "model.pt"
     if not lsd.is_file():
         pretrain(load_config(PretrainConfig, ROOT / cfg.pretrain_config,
-                             [f"data.path={data}", f"out={lsd.parent}", f"augment.size={cfg.size}",
-                              "evaluate_after=false", "train.progress=false", f"experiment={cfg.experiment}",
-                              *cfg.pretrain_overrides]), tracking_uri=tracking_uri)
-    ds = open_dataset(data, data / "manifest_split_seed0.csv")
+                             [f"data.path={data}", f"data.split_seed={cfg.split_seed}", f"out={lsd.parent}",
+                              f"augment.size={cfg.size}", "evaluate_after=false", "train.progress=false",
+                              f"experiment={cfg.experiment}", *cfg.pretrain_overrides]), tracking_uri=tracking_uri)
+    ds = open_dataset(data, manifest)
     train = np.flatnonzero((ds.manifest["split"] == "train").to_numpy())
     lsd_cluster = frame_facts(lsd, ds, train, np.zeros(len(train), bool)).cluster
-    cluster_of = dict(zip(ds.manifest["image_id"].astype(str).iloc[train], lsd_cluster))
+    return data, lsd, ds, dict(zip(ds.manifest["image_id"].astype(str).iloc[train], lsd_cluster))
 
+
+def run(cfg: AnnotationLoopConfig, tracking_uri: str | None = None, progress: bool = True) -> pd.DataFrame:
+    out = Path(cfg.out)
+    if cfg.combine:
+        return write_report([Path(r) for r in cfg.combine], out, cfg.strategies)
+    data, lsd, ds, cluster_of = _prepare(cfg, out, tracking_uri)
     cells = []
     for s in cfg.seeds:
         cells.append({"seed": s, "strategy": "start", "round": 0})
@@ -88,23 +102,39 @@ def run(cfg: AnnotationLoopConfig, tracking_uri: str | None = None, progress: bo
                                             {"seed": seed, "strategy": "start", "round": 0})
             sug = suggest(prev / "model.pt", data, cfg.budget, cell_out / "suggest",
                           clusters=lsd if cell["strategy"] == "coverage" else None, labeled=str(prev / "labeled.csv"),
-                          pool_splits=("train",), strategy=cell["strategy"], seed=1000 * seed + r, progress=False)
+                          pool_splits=("train",), strategy=cell["strategy"], seed=1000 * seed + r,
+                          split_seed=cfg.split_seed, progress=False)
             _write_ids(labeled, _ids(prev / "labeled.csv") + _ids(sug.csv))
         finetune(load_config(FinetuneConfig, ROOT / cfg.finetune_config,
-                             [f"data.path={data}", f"out={cell_out}", f"labeled_ids={labeled}",
-                              f"model.init={lsd}", f"train.seed={seed}", f"augment.size={cfg.size}",
-                              "figures=false", "train.progress=false", f"experiment={cfg.experiment}",
-                              *cfg.finetune_overrides]), tracking_uri=tracking_uri, parent_run_id=parent)
+                             [f"data.path={data}", f"data.split_seed={cfg.split_seed}", f"out={cell_out}",
+                              f"labeled_ids={labeled}", f"model.init={lsd}", f"train.seed={seed}",
+                              f"augment.size={cfg.size}", "figures=false", "train.progress=false",
+                              f"experiment={cfg.experiment}", *cfg.finetune_overrides]),
+                 tracking_uri=tracking_uri, parent_run_id=parent)
         ids = _ids(labeled)
         return {"f1": read_metrics(cell_out)["test/weighted_f1"], "val_f1": best_val_f1(cell_out),
                 "n_labelled": len(ids), "clusters_covered": len({cluster_of[i] for i in ids}),
-                "exams_labelled": int(ds.manifest.set_index("image_id").loc[ids, "exam_id"].nunique())}
+                "exams_labelled": int(ds.manifest.set_index("image_id").loc[ids, "exam_id"].nunique()),
+                "split": cfg.split_seed}
 
     df = run_study(cfg.experiment, out, cells, run_cell, ["strategy", "round"], None,
                    {"study": "annotation_loop", **to_dict(cfg)}, tracking_uri, progress)
-    full = with_start_rows(df, cfg.strategies)
+    write_report([out], out, cfg.strategies)
+    return df
+
+
+def write_report(runs: list[Path], out: Path, strategies: list[str]) -> pd.DataFrame:
+    """Table (annotation_loop.md) and figure of one or more loop runs (e.g. one per split seed), paired by
+    (split, seed); prints the table."""
+    frames = [pd.read_csv(r / "results.csv") for r in runs]
+    df = pd.concat([f.assign(split=f["split"].fillna(0) if "split" in f else 0) for f in frames], ignore_index=True)
+    full = with_start_rows(df, strategies)
+    out.mkdir(parents=True, exist_ok=True)
+    full.to_csv(out / "annotation_loop_all.csv", index=False)
     plot_loop(full, out / "annotation_loop.png")
-    print(loop_table(full))
+    table = loop_table(full)
+    (out / "annotation_loop.md").write_text(table + "\n")
+    print(table)
     return df
 
 
@@ -112,11 +142,12 @@ def with_start_rows(df: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
     """Round 0 (shared start) copied under every strategy, for per-strategy curves and paired differences."""
     start = df[df["strategy"] == "start"]
     return pd.concat([df[df["strategy"] != "start"], *[start.assign(strategy=s) for s in strategies]],
-                     ignore_index=True).sort_values(["strategy", "seed", "round"], kind="stable")
+                     ignore_index=True).sort_values(["strategy", "split", "seed", "round"], kind="stable")
 
 
 def loop_table(full: pd.DataFrame, ref: str = "random") -> str:
-    """Markdown: test weighted F1 per strategy and round (mean [95 % CI], n seeds) + paired gain over `ref`."""
+    """Markdown: test weighted F1 per strategy and round (mean [95 % CI] over split x seed) + paired gain over
+    `ref` (same split, seed and round) with wins."""
     from usclf.eval.report import seeds_summary
 
     def ci(v) -> str:
@@ -130,11 +161,13 @@ def loop_table(full: pd.DataFrame, ref: str = "random") -> str:
         lab = g.groupby("round")["n_labelled"].mean()
         lines.append(f"| {st} | " + " | ".join(f"{ci(g[g['round'] == r]['f1'])} ({lab[r]:.0f} frames)"
                                                 for r in rounds) + " |")
-    lines += ["", f"Paired gain over {ref} (same seed), points of test weighted F1, mean [95 % CI], wins/seeds:", "",
+    n = full.groupby(["split", "seed"]).ngroups
+    lines += ["", f"n = {n} (split seed x training seed). Paired gain over {ref} (same split and seed), in points "
+              "of test weighted F1: mean [95 % CI], wins/pairs:", "",
               "| strategy | " + " | ".join(f"round {r}" for r in rounds[1:]) + " |", "|---" * len(rounds) + "|"]
-    base = full[full["strategy"] == ref].set_index(["seed", "round"])["f1"]
+    base = full[full["strategy"] == ref].set_index(["split", "seed", "round"])["f1"]
     for st, g in full[full["strategy"] != ref].groupby("strategy", sort=True):
-        d = (g.set_index(["seed", "round"])["f1"] - base).dropna()
+        d = (g.set_index(["split", "seed", "round"])["f1"] - base).dropna()
         cells = []
         for r in rounds[1:]:
             v = 100 * d.xs(r, level="round")
