@@ -169,7 +169,8 @@ STUDIES = {
 
 
 @command("export", "model file -> ONNX / TorchScript / MLflow pyfunc model, checked against PyTorch; optionally "
-         "registered in the MLflow model registry (alias 'champion' = best validation F1)", "usclf.deploy.cli:run_export")
+         "registered in the MLflow model registry (alias 'champion' = best validation F1)",
+         "usclf.deploy.cli:run_export")
 def _export(p):
     p.add_argument("--model", required=True, help="model file with thresholds (the model.pt of finetune/semisup, "
                    "or evaluate's eval/model.pt for a clustering model)")
@@ -190,7 +191,8 @@ def _export(p):
 
 
 @command("suggest", "rank unlabelled frames to label next: cover clusters with few labelled frames (most typical "
-         "first), then the most uncertain; near-duplicates of one sweep collapsed", "usclf.stages.cli_suggest:run_suggest")
+         "first), then the most uncertain; near-duplicates of one sweep collapsed",
+         "usclf.stages.cli_suggest:run_suggest")
 def _suggest(p):
     p.add_argument("--model", required=True, help="model file: a classifier with thresholds (uncertainty = margin to "
                    "the threshold) or a clustering model (1 - max cluster probability)")

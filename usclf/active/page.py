@@ -35,7 +35,8 @@ def suggestion_page(df: pd.DataFrame, images: np.ndarray, out_dir: str | Path, t
                      f'<span class="muted">{html.escape(where)}<br>exam {html.escape(str(r["exam_id"]))}</span></div>')
     head = html.escape(title or "Frames to label next")
     doc = (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{head}</title>'
-           f"<style>{PAGE_CSS}{_EXTRA}</style></head><body>\n<h1>{head}</h1>\n<p>Best first. Label them, add the rows to your labels CSV, re-ingest "
+           f"<style>{PAGE_CSS}{_EXTRA}</style></head><body>\n<h1>{head}</h1>\n"
+           "<p>Best first. Label them, add the rows to your labels CSV, re-ingest "
            f"and train again.</p>\n<div class=\"grid\">\n" + "\n".join(tiles) + "\n</div>\n</body></html>\n")
     path = out_dir / "suggestions.html"
     path.write_text(doc, encoding="utf-8")

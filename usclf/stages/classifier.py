@@ -89,7 +89,8 @@ def run_params(stage: str, method: str, cfg: ClassifierStageConfig, ctx: StageCo
     """The MLflow params both classifier stages log (each adds its own)."""
     return {"stage": stage, "method": method, "init": cfg.model.init, "init_kind": init_kind(cfg.model.init),
             "fraction": cfg.label_fraction, "seed": cfg.train.seed, "fraction_seed": fraction_seed(cfg),
-            "labeled_ids": cfg.labeled_ids or "", "data_hash": ctx.dhash, "n_train_images": n_train, "config": to_dict(cfg)}
+            "labeled_ids": cfg.labeled_ids or "", "data_hash": ctx.dhash, "n_train_images": n_train,
+            "config": to_dict(cfg)}
 
 
 def run_tags(stage: str, method: str, cfg: ClassifierStageConfig) -> dict:

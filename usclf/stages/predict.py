@@ -57,7 +57,7 @@ class PredictResult:
     n_predicted: int
     n_skipped: int
     seconds: float
-    sr: object = None       # deploy.dicom_sr.SRResult when --dicom-sr was asked for
+    sr: object = None       # predict_sr.SRResult when --dicom-sr was asked for
 
 
 class Predictor:
@@ -174,7 +174,7 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
 
     `workers` > 0 decodes files in that many processes; `on_unit(folder, n_rows)` is called after each
     folder is safely recorded; `dicom_sr`: a folder for one DICOM SR per study of the DICOM inputs, written
-    from the complete output (deploy/dicom_sr.py).
+    from the complete output (predict_sr.py).
     """
     t0 = time.perf_counter()
     if batch_size < 1 or workers < 0:
@@ -216,7 +216,7 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
             from None
     sr = None
     if dicom_sr is not None:
-        from ..deploy.dicom_sr import read_rows, write_exam_reports
+        from .predict_sr import read_rows, write_exam_reports
         sr = write_exam_reports(read_rows(out), root, dicom_sr, pred.classes, pred.thresholds,
                                 {"method": pred.info.method, "model_sha1": run["model_sha1"]})
     return PredictResult(out=out, exams=exams_path, n_units=len(units),

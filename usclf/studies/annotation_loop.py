@@ -132,10 +132,45 @@ def write_report(runs: list[Path], out: Path, strategies: list[str]) -> pd.DataF
     out.mkdir(parents=True, exist_ok=True)
     full.to_csv(out / "annotation_loop_all.csv", index=False)
     plot_loop(full, out / "annotation_loop.png")
-    table = loop_table(full)
+    table = loop_table(full) + "\n\n" + pick_table(runs)
     (out / "annotation_loop.md").write_text(table + "\n")
     print(table)
     return df
+
+
+def pick_table(runs: list[Path]) -> str:
+    """Markdown: what each strategy picked over all rounds - the share of picks by reason (cover / the class
+    whose threshold margin made the frame uncertain / random) and the picked frames' true positive rate per class
+    (the simulator's labels), beside the train pool's."""
+    import re
+
+    rows, pool = [], []
+    for run in runs:
+        ds = open_dataset(run / "dataset", run / "dataset" / f"manifest_split_seed{_split_of(run)}.csv")
+        man, cls = ds.manifest.set_index("image_id"), list(ds.classes)
+        pool.append(man.loc[man["split"] == "train", cls])
+        for f in sorted((run / "runs").glob("*/suggest/suggestions.csv")):
+            st = re.search(r"strategy(\w+)-round", str(f))[1]
+            sug = pd.read_csv(f)
+            kind = sug["reason"].str.extract(r"^(cover|random|uncertain)(?:: (\w+))?")
+            rows.append(pd.concat([man.loc[sug["image_id"], cls].reset_index(drop=True),
+                                   pd.DataFrame({"strategy": st, "why": kind[1].fillna(kind[0]).to_numpy()})], axis=1))
+    picks = pd.concat(rows, ignore_index=True)
+    why = pd.crosstab(picks["strategy"], picks["why"], normalize="index")
+    rate = picks.groupby("strategy")[cls].mean()
+    rate.loc["(train pool)"] = pd.concat(pool)[cls].mean()
+    lines = ["Share of picks by reason (over rounds, seeds and splits):", "",
+             "| strategy | " + " | ".join(why.columns) + " |", "|---" * (len(why.columns) + 1) + "|"]
+    lines += [f"| {st} | " + " | ".join(f"{v:.2f}" for v in r) + " |" for st, r in why.iterrows()]
+    lines += ["", "True positive rate per class of the picked frames:", "",
+              "| strategy | " + " | ".join(cls) + " |", "|---" * (len(cls) + 1) + "|"]
+    lines += [f"| {st} | " + " | ".join(f"{v:.2f}" for v in r) + " |" for st, r in rate.iterrows()]
+    return "\n".join(lines)
+
+
+def _split_of(run: Path) -> int:
+    r = pd.read_csv(run / "results.csv")
+    return int(r["split"].iloc[0]) if "split" in r and r["split"].notna().any() else 0
 
 
 def with_start_rows(df: pd.DataFrame, strategies: list[str]) -> pd.DataFrame:
@@ -182,9 +217,9 @@ def plot_loop(full: pd.DataFrame, png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for st, g in full.groupby("strategy", sort=True):
+    for i, (st, g) in enumerate(full.groupby("strategy", sort=True)):
         m = g.groupby("round").agg(n=("n_labelled", "mean"), f1=("f1", "mean"), sd=("f1", "std"))
-        ax.errorbar(m["n"], m["f1"], yerr=m["sd"].fillna(0), marker="o", capsize=3, label=st)
+        ax.errorbar(m["n"] + 0.6 * (i - 1), m["f1"], yerr=m["sd"].fillna(0), marker="o", capsize=3, label=st)
     ax.set_xlabel("labelled train frames")
     ax.set_ylabel("test weighted F1 (mean ± sd over seeds)")
     ax.set_title("simulated annotation loop")
