@@ -4,7 +4,6 @@ exporter's own check), the MLflow pyfunc takes raw frames, the registry alias fo
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import cv2

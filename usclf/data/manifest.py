@@ -107,3 +107,13 @@ def check_manifest(df: pd.DataFrame, classes: list[str], **kw) -> None:
     problems = validate_manifest(df, classes, **kw)
     if problems:
         raise UsclfError("invalid manifest: " + "; ".join(problems))
+
+
+def read_image_ids(path: str | Path, what: str = "image id list") -> list[str]:
+    """The image_id column of a CSV (frames labelled so far, frames to train on); one-line errors."""
+    if not Path(path).is_file():
+        raise UsclfError(f"{what} not found: {path}")
+    ids = pd.read_csv(path, dtype=str)
+    if "image_id" not in ids.columns:
+        raise UsclfError(f"{path}: needs an image_id column (the manifest's image ids)")
+    return ids["image_id"].tolist()

@@ -139,8 +139,8 @@ class Transform:
         self.cfg = cfg
         self.compose = compose  # the strong ops (applied after the weak ones); None for weak and eval
         # x/255 then (x - mean)/std folded into one scale and offset.
-        self._scale = np.float32(1.0 / (255.0 * cfg.std))
-        self._offset = np.float32(-cfg.mean / cfg.std)
+        self.scale = np.float32(1.0 / (255.0 * cfg.std))
+        self.offset = np.float32(-cfg.mean / cfg.std)
 
     def __call__(self, img: np.ndarray, seed: int | None = None) -> np.ndarray:
         if img.ndim != 2 or img.dtype != np.uint8:
@@ -159,7 +159,7 @@ class Transform:
                 img = self.compose(image=img)["image"]
                 if img.ndim == 3:  # albumentations may hand back H x W x 1
                     img = img[..., 0]
-        return img.astype(np.float32) * self._scale + self._offset
+        return img.astype(np.float32) * self.scale + self.offset
 
     def __repr__(self) -> str:
         return f"Transform({self.kind!r}, size={self.size})"

@@ -40,7 +40,7 @@ class ScoringGraph(nn.Module):
     def __init__(self, pred: Predictor):
         super().__init__()
         self.net = pred.model.cpu().eval().requires_grad_(False)  # an inference graph: outputs need no grad
-        self.scale, self.offset = float(pred.transform._scale), float(pred.transform._offset)
+        self.scale, self.offset = float(pred.transform.scale), float(pred.transform.offset)
         self.matched, self.soft = pred.kind.matched, bool(pred.soft)
         v = pred.matching if pred.matching is not None else np.zeros((1, len(pred.classes)))
         self.register_buffer("matching", torch.as_tensor(v, dtype=torch.float32))
@@ -86,14 +86,13 @@ class ExportResult:
 
 def check_images(pred: Predictor, data: str | Path | None, n: int = 64) -> np.ndarray:
     """Frames for the parity check: the first `n` cache images of an ingested dataset, else seeded noise."""
+    size = int(pred.prep["size"])
     if data:
         from ..data.cache import open_dataset
         ds = open_dataset(data)
-        size = int(pred.prep["size"])
         if ds.images.shape[1:] != (size, size):
             raise UsclfError(f"{data}: cache images are {ds.images.shape[1]} px, the model reads {size} px")
         return np.asarray(ds.images[:n])
-    size = int(pred.prep["size"])
     return np.random.default_rng(0).integers(0, 256, (8, size, size), dtype=np.uint8)
 
 

@@ -38,7 +38,7 @@ class UsclfPyfunc(PythonModel):
         from ..data.preprocess import prepare_frame
         pred = self.pred
         prepared = bool((params or {}).get("prepared", False))
-        frames = [np.asarray(f) for f in (model_input if isinstance(model_input, (list, tuple)) else list(model_input))]
+        frames = [np.asarray(f) for f in model_input]  # an N x H x W array or a list of frames
         images, reasons = [], []
         for f in frames:
             if prepared:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..config import to_dict
+from ..data.manifest import read_image_ids
 from ..data.splits import label_fraction_mask
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
@@ -65,19 +66,14 @@ def labelled_rows(ds, fraction: float, seed: int, labeled_ids: str | None = None
 
 
 def _rows_of_ids(ds, path: str) -> np.ndarray:
-    import pandas as pd
-    if not Path(path).is_file():
-        raise UsclfError(f"labeled_ids file not found: {path}")
-    ids = pd.read_csv(path, dtype=str)
-    if "image_id" not in ids.columns:
-        raise UsclfError(f"{path}: needs an image_id column (the manifest's image ids)")
+    ids = read_image_ids(path, "labeled_ids file")
     man = ds.manifest
     train = (man["split"] == "train").to_numpy()
     where = dict(zip(man["image_id"].astype(str), range(len(man))))
-    missing = [i for i in ids["image_id"] if i not in where or not train[where[i]]]
+    missing = [i for i in ids if i not in where or not train[where[i]]]
     if missing:
         raise UsclfError(f"{path}: {len(missing)} image id(s) are not train rows of {ds.root}, e.g. {missing[0]}")
-    return np.array(sorted({where[i] for i in ids["image_id"]}), dtype=np.int64)
+    return np.array(sorted({where[i] for i in ids}), dtype=np.int64)
 
 
 def cfg_labelled_rows(cfg: ClassifierStageConfig, ds) -> np.ndarray:

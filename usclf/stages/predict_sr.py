@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import UsclfError
 
 ORGAN_CODES = {  # SNOMED CT body structures
     "liver": ("10200004", "Liver"), "gallbladder": ("28231008", "Gallbladder"), "kidney": ("64033007", "Kidney"),
@@ -139,8 +138,6 @@ def write_exam_reports(rows: pd.DataFrame, root: str | Path, out_dir: str | Path
     from pydicom.uid import generate_uid
 
     out_dir, root = Path(out_dir), Path(root)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsclfError(f"--dicom-sr {out_dir} is a file, not a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = rows[rows["status"] == "predicted"]
     heads, other = _headers(root, sorted(rows["path"].astype(str).unique()))

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..active.page import suggestion_page
 from ..active.select import Candidates, cluster_uncertainty, margin_uncertainty, select_frames, thumbnails
+from ..data.manifest import read_image_ids
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
 from ..models.modelfile import load_model_file
@@ -70,15 +71,9 @@ def frame_facts(model_path, ds, rows: np.ndarray, labelled: np.ndarray, clusters
 
 
 def _labelled_mask(ds, labeled: str | None) -> np.ndarray:
-    man = ds.manifest
     if not labeled:
         return ~np.isnan(ds.labels()).any(1)
-    if not Path(labeled).is_file():
-        raise UsclfError(f"--labeled file not found: {labeled}")
-    ids = pd.read_csv(labeled, dtype=str)
-    if "image_id" not in ids.columns:
-        raise UsclfError(f"{labeled}: needs an image_id column")
-    return man["image_id"].astype(str).isin(set(ids["image_id"])).to_numpy()
+    return ds.manifest["image_id"].astype(str).isin(set(read_image_ids(labeled, "--labeled file"))).to_numpy()
 
 
 def suggest(model: str | Path, data: str | Path, budget: int, out: str | Path, clusters: str | Path | None = None,

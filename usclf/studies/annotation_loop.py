@@ -22,6 +22,7 @@ import pandas as pd
 
 from usclf.config import load_config, to_dict
 from usclf.data.cache import open_dataset
+from usclf.data.manifest import read_image_ids as _ids
 from usclf.data.splits import label_fraction_mask, split_dataset
 from usclf.stages.cli_data import IngestStageConfig
 from usclf.stages.finetune import FinetuneConfig, finetune
@@ -51,10 +52,6 @@ class AnnotationLoopConfig:
     split_seed: int = 0                   # the demo split drawn with this seed (a run per split seed)
     combine: list[str] = field(default_factory=list)  # run folders to report together (no training), into out
     experiment: str = "annotation_loop"
-
-
-def _ids(path: Path) -> list[str]:
-    return pd.read_csv(path, dtype=str)["image_id"].tolist()
 
 
 def _write_ids(path: Path, ids: list[str]) -> None:
