@@ -1,4 +1,4 @@
-"""DICOM part of `usclf.data.readers`: dataset checks, pixel decoding, ultrasound region metadata.
+"""DICOM part of `usclf.data.readers` (shared records and conversions: `usclf.data.frames`): dataset checks, pixel decoding, ultrasound region metadata.
 
 Compressed transfer syntaxes are decoded by pydicom's plugins; the packages that provide them are
 chosen for a permissive licence (a hospital may embed this tool in a product), never GPL:
@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .readers import MIN_SIDE, Frame, Skip, _err, _to_uint8, minmax_uint8, too_small
+from .frames import MIN_SIDE, Frame, Skip, error_reason, minmax_uint8, to_uint8, too_small
 
 # SOP classes that hold ultrasound pictures: US Image / US Multi-frame (current and retired) and
 # Secondary Capture (single and multi-frame), as PACS exports of freeze frames often use SC.
@@ -95,7 +95,7 @@ def dicom_frames(path: Path) -> Iterator[Frame | Skip]:
         except StopIteration:
             yield Skip("DICOM has fewer frames than NumberOfFrames", i)
         except Exception as e:  # a broken frame skips that frame (and the rest, as the stream is lost)
-            yield Skip(_err(e), i)
+            yield Skip(error_reason(e), i)
             for j in range(i + 1, n_frames):
                 yield Skip("not decoded after an earlier frame failed", j)
             return
@@ -212,7 +212,7 @@ def _dicom_to_uint8(arr: np.ndarray, ds, photometric: str) -> np.ndarray:
     """One decoded frame -> uint8 gray or RGB (YBR was already converted to RGB by pydicom)."""
     if photometric == "PALETTE COLOR":
         from pydicom.pixels import apply_color_lut
-        return np.ascontiguousarray(_to_uint8(apply_color_lut(arr, ds)))
+        return np.ascontiguousarray(to_uint8(apply_color_lut(arr, ds)))
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.dtype != np.uint8:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .readers import MIN_SIDE
+from .frames import MIN_SIDE
 
 RESIZE_MODES = ("pad", "stretch")
 

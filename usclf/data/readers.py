@@ -4,7 +4,8 @@
 DICOM, an unexpected exception) becomes a `Skip` with a one-line reason. The format is detected by
 content, not by extension, so DICOM files without extension or without the 128-byte preamble are read.
 Frames are uint8, H x W (gray) or H x W x 3 (RGB); colour handling (Doppler, gray-as-RGB) is left to
-`usclf.data.preprocess`. DICOM decoding lives in `usclf.data.dicom_decode`.
+`usclf.data.preprocess`. DICOM decoding lives in `usclf.data.dicom_decode`; the `Frame` / `Skip`
+records and the uint8 conversion both share live in `usclf.data.frames`.
 
 Frame meta keys: every frame has `format` ('dicom', 'png', 'jpeg', 'image'), `region` and
 `pixel_spacing_mm`; DICOM frames add `patient_id, study_uid, modality, vendor, study_date, sop_class,
@@ -13,16 +14,15 @@ from the DICOM ultrasound region sequence, or None; `pixel_spacing_mm` is its x 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
-# Frames smaller than this on either side are icons, spacers or broken exports, not scans: the 5 px
-# blur and closing of the scan-region crop degenerate there and resizing would only enlarge noise.
-# Kept low so genuine small crops and thumbnails (>= 16 px) still pass.
-MIN_SIDE = 16
+from .dicom_decode import dicom_frames
+from .frames import MIN_SIDE, Frame, Skip, error_reason, to_uint8, too_small
+
+__all__ = ["MIN_SIDE", "Frame", "Skip", "iter_frames", "sniff", "too_small"]
 
 _PNG_SIG = b"\x89PNG\r\n\x1a\n"
 _JPEG_SIG = b"\xff\xd8\xff"
@@ -32,21 +32,6 @@ _DEPTHS = (8, 10, 12, 14, 16)                        # bit depths sensors and ex
 # after a complete scan: "extraneous bytes before marker") leave the picture whole
 _JPEG_CORRUPT = ("corrupt jpeg data", "premature end")
 _JPEG_BENIGN = ("extraneous bytes",)
-
-
-@dataclass
-class Frame:
-    """One decoded frame: `array` is H x W or H x W x 3 uint8 (RGB)."""
-    array: np.ndarray
-    frame_index: int
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Skip:
-    """A file (frame_index None) or one frame that could not be used, with the reason."""
-    reason: str
-    frame_index: int | None = None
 
 
 def sniff(head: bytes) -> str:
@@ -78,23 +63,13 @@ def iter_frames(path: str | Path) -> Iterator[Frame | Skip]:
             head = fh.read(132)
         kind = sniff(head)
         if kind == "dicom":
-            from .dicom_decode import dicom_frames  # imports this module: import late
             yield from dicom_frames(path)
         elif kind in ("png", "jpeg", "image"):
             yield _raster_frame(path, kind)
         else:
             yield Skip("not an image (unrecognised content)")
     except Exception as e:  # one bad file never aborts an ingest
-        yield Skip(_err(e))
-
-
-def _err(e: BaseException) -> str:
-    msg = " ".join(str(e).split())[:200]
-    return f"error: {type(e).__name__}: {msg}"
-
-
-def too_small(width: int, height: int) -> str:
-    return f"image too small ({width}x{height} px < {MIN_SIDE} px)"
+        yield Skip(error_reason(e))
 
 
 # ---------------------------------------------------------------------------------------------- raster
@@ -116,7 +91,7 @@ def _raster_frame(path: Path, kind: str) -> Frame | Skip:
         if img is None or img.size == 0:
             return Skip(f"corrupt {kind.upper() if kind != 'image' else 'image'} (cannot decode)")
         bits = _uint16_bits(img, _png_sbit(raw) if kind == "png" else None) if img.dtype == np.uint16 else 16
-        img = _bgr_to_rgb(_to_uint8(img, bits))
+        img = _bgr_to_rgb(to_uint8(img, bits))
         if isinstance(img, str):
             return Skip(img)
     h, w = img.shape[:2]
@@ -191,22 +166,3 @@ def _uint16_bits(img: np.ndarray, sbit: int | None) -> int:
         # the PNG spec asks encoders to scale samples up to 16 bits; many exporters write them raw
         return sbit if top < (1 << sbit) else 16
     return next(d for d in _DEPTHS if top < (1 << d))
-
-
-def _to_uint8(img: np.ndarray, bits: int = 16) -> np.ndarray:
-    """uint16 -> scaled by a `bits`-bit full range (16: /257); float or other -> per-image min-max."""
-    if img.dtype == np.uint8:
-        return img
-    if img.dtype == np.uint16:
-        scale = 255.0 / float((1 << bits) - 1)
-        return np.clip(img.astype(np.float32) * scale + 0.5, 0, 255).astype(np.uint8)
-    return minmax_uint8(img)
-
-
-def minmax_uint8(arr: np.ndarray) -> np.ndarray:
-    """Linear rescale of any numeric array to 0..255 uint8 (constant arrays -> 0)."""
-    a = arr.astype(np.float32)
-    lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
-        return np.zeros(a.shape, np.uint8)
-    return np.clip((a - lo) * (255.0 / (hi - lo)) + 0.5, 0, 255).astype(np.uint8)
