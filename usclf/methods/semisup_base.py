@@ -69,7 +69,7 @@ class SemisupMethod:
             self.vocab, index = combination_vocabulary(setup.y_labeled.astype(int), setup.min_count)
             self.n_ignored = int((index < 0).sum())
         self.vocab_t = torch.tensor(self.vocab, dtype=torch.float32) if self.vocab else None
-        self.diag = PseudoLabelDiagnostics(setup.classes, setup.truth)
+        self.diag = PseudoLabelDiagnostics(setup.classes, setup.truth, setup.y_labeled)
         self.state: dict[str, Any] = self.init_state()
 
     # ------------------------------------------------------------ to override
