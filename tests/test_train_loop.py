@@ -1,6 +1,7 @@
 """The training loop: exact resume after a crash, NaN guard, early stopping / best weights, EMA, checkpoints."""
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -287,3 +288,40 @@ def test_rng_capture_restore_roundtrip_and_weights_only():
     restore_rng(state)
     b = (random.random(), np.random.rand(), torch.rand(1))
     assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+def test_cosine_schedule_is_fixmatchs_decay_by_hand():
+    from usclf.train.optim import lr_at
+    c = OptimConfig(name="sgd", lr=0.03, nesterov=True, schedule="cosine")
+    assert lr_at(c, 0, 16) == pytest.approx(0.03)
+    assert lr_at(c, 8, 16) == pytest.approx(0.03 * math.cos(7 * math.pi / 32))   # 0.03 * 0.77301
+    assert lr_at(c, 16, 16) == pytest.approx(0.03 * 0.195090, abs=1e-7)         # cos(7 pi / 16): not 0
+    assert lr_at(OptimConfig(lr=0.03), 8, 16) == 0.03                           # constant ignores the step
+
+
+def test_cosine_schedule_drives_the_optimiser_and_resumes_exactly(tmp_path):
+    c = cfg(optim=OptimConfig(name="sgd", lr=0.1, nesterov=True, weight_decay=5e-4, schedule="cosine"),
+            restore_best=False)
+    ref_model = tiny_model()
+    rt = Trainer(ref_model, c, step_fn, tmp_path / "ref")
+    ref = rt.fit(_seeded_loader())
+    # the last step (14 of 15) ran at lr * cos(7 pi 14 / (16 * 15)); the epoch row logs it
+    assert ref.history[-1]["lr"] == pytest.approx(0.1 * math.cos(7 * math.pi * 14 / 240))
+    assert rt.optimizer.param_groups[0]["nesterov"] is True
+    crash_model = tiny_model()
+    with pytest.raises(Crash):
+        Trainer(crash_model, c, crashing(at_step=9), tmp_path / "run").fit(_seeded_loader())
+    resumed = tiny_model(seed=99)
+    Trainer(resumed, c, step_fn, tmp_path / "run").fit(_seeded_loader(), resume=True)
+    assert_same(weights(resumed), weights(ref_model))
+    const = tiny_model()
+    Trainer(const, cfg(optim=OptimConfig(name="sgd", lr=0.1, nesterov=True, weight_decay=5e-4),
+                       restore_best=False), step_fn, tmp_path / "const").fit(_seeded_loader())
+    assert not torch.equal(const[0].weight, ref_model[0].weight)  # the schedule changes the run
+
+
+def test_nesterov_and_schedule_are_checked():
+    with pytest.raises(UsclfError, match="nesterov needs train.optim.name=sgd"):
+        OptimConfig(name="adam", nesterov=True)
+    with pytest.raises(UsclfError, match="schedule"):
+        OptimConfig(schedule="linear")

@@ -30,9 +30,11 @@ from .checkpoint import (FORMAT, capture_rng, cpu_state_dict, load_checkpoint, l
                          restore_rng, save_checkpoint)
 from .distributed import (all_reduce_mean, any_across_ranks, broadcast_object, get_dist_info, resolve_device,
                           seed_everything)
-from .optim import EMA, OptimConfig, build_optimizer, to_device  # noqa: F401 (re-exported)
+from .optim import EMA, OptimConfig, build_optimizer, lr_at, to_device  # noqa: F401 (re-exported)
 
 log = logging.getLogger("usclf.train")
+# a checkpoint that did not fit: the one before it is intact and `--resume` continues from there
+_RESUME_HINT = "free space, then rerun with --resume to continue from the last good checkpoint"
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -133,6 +135,7 @@ class Trainer:
         self.device = resolve_device(cfg.device, self.dist.local_rank)
         self.ema: EMA | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.total_steps: int | None = None
 
     @property
     def last_path(self) -> Path:
@@ -189,7 +192,7 @@ class Trainer:
 
     def _save_last(self, *args) -> None:
         if self.dist.is_main:
-            save_checkpoint(self.last_path, self._state(*args))
+            save_checkpoint(self.last_path, self._state(*args), hint=_RESUME_HINT)
 
     def _resume(self) -> dict | None:
         if not self.last_path.is_file():
@@ -243,6 +246,9 @@ class Trainer:
         if self.cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             values["grad_norm"] = _float(torch.nn.utils.clip_grad_norm_(self.clip_params, self.cfg.grad_clip))
+        if self.cfg.optim.schedule != "constant":  # a pure function of the step: nothing extra to checkpoint
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr_at(self.cfg.optim, ctx.step, self.total_steps)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
@@ -267,7 +273,8 @@ class Trainer:
             self.best_state = cpu_state_dict(self._eval_model())
             if self.dist.is_main:
                 save_checkpoint(self.best_path, {"format": FORMAT, "model": self.best_state, "epoch": epoch,
-                                                 "step": self.step, "metric": self.best_metric})
+                                                 "step": self.step, "metric": self.best_metric},
+                                hint=_RESUME_HINT)
         elif metric is not None or "is_best" in out:
             self.bad_epochs += 1
         stop = bool(out.get("stop", False))
@@ -308,6 +315,10 @@ class Trainer:
         epoch = int(ck["epoch"]) if ck else 0
         state_sampler = _sampler_with(loader, "load_state_dict", ("batch_sampler",))  # counts batches
         epoch_sampler = _sampler_with(loader, "set_epoch")
+        if callable(getattr(loader, "set_device", None)):  # augment.backend=device: views made on our device
+            loader.set_device(self.device)
+        n_batches = len(loader) if hasattr(loader, "__len__") else None
+        self.total_steps = cfg.max_steps or (cfg.epochs * n_batches if n_batches else None)
         while not self._done(epoch):
             sums: dict[str, float] = {}
             count = skip = 0

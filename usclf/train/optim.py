@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,12 +19,17 @@ class OptimConfig:
     lr: float = 1e-4              # paper Sec. 3.2: fixed learning rate 0.0001
     weight_decay: float = 0.0     # paper: none mentioned
     momentum: float = 0.9         # SGD only (DeepCluster baseline: 0.9, paper 002)
+    nesterov: bool = False        # SGD only; FixMatch / USB: SGD with Nesterov momentum 0.9
+    schedule: str = "constant"    # constant (paper 003: fixed lr) | cosine (FixMatch: lr * cos(7 pi k / 16 K))
 
     def __post_init__(self):
         one_of("train.optim.name", self.name.lower(), ("adam", "adamw", "sgd"))
         non_negative("train.optim.lr", self.lr)  # 0 is allowed: a frozen run (tests check loaded weights so)
         non_negative("train.optim.weight_decay", self.weight_decay)
         within("train.optim.momentum", self.momentum, 0.0, 1.0)
+        one_of("train.optim.schedule", self.schedule, ("constant", "cosine"))
+        if self.nesterov and self.name.lower() != "sgd":
+            raise UsclfError(f"train.optim.nesterov needs train.optim.name=sgd, got {self.name}")
 
 
 class EMA:
@@ -78,5 +84,14 @@ def build_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
     if name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov)
     raise UsclfError(f"unknown optimizer '{cfg.name}'; valid: adam, adamw, sgd")
+
+
+def lr_at(cfg: OptimConfig, step: int, total_steps: int | None) -> float:
+    """Learning rate of optimiser step `step` (0-based) of `total_steps`. FixMatch's cosine decay
+    lr * cos(7 pi k / (16 K)) ends at ~0.2 lr, not 0 (Sohn et al. 2020, Sec. 3; USB's get_cosine_schedule)."""
+    if cfg.schedule == "constant" or not total_steps:
+        return cfg.lr
+    return cfg.lr * math.cos(7.0 * math.pi * min(step, total_steps) / (16.0 * total_steps))
