@@ -3,6 +3,9 @@
 `ds[(i, aug_seed)]` returns the configured views (e.g. ("weak", "weak") for PICA, ("weak", "strong")
 for FixMatch), each seeded from (aug_seed, view position), so the images depend only on the sampler's
 seeds. `ds[i]` (a plain int, used by evaluation and prediction) returns one deterministic `eval` view.
+
+With `augment.backend=device` a training item is instead the uint8 image and the random draws of its
+views ({'raw', 'aug'}); `DeviceAugmentLoader` (usclf/data/device_augment.py) makes the views on the device.
 """
 from __future__ import annotations
 
@@ -74,6 +77,12 @@ class UltrasoundDataset(Dataset):
         else:
             i, aug_seed, kinds = int(item), 0, ("eval",)
         img = self.images[self.cache_rows[i]]  # one H x W view of the memmap, read on demand
+        if self.aug.backend == "device" and kinds != ("eval",):
+            from .device_augment import view_params
+            h, w = img.shape
+            aug = np.stack([view_params(k, self.aug, view_seed(aug_seed, j), h, w) for j, k in enumerate(kinds)])
+            return {"raw": torch.from_numpy(np.array(img, dtype=np.uint8)), "aug": torch.from_numpy(aug),
+                    "y": torch.from_numpy(self.labels[i]), "row": int(self.rows[i])}
         views = [torch.from_numpy(self._transforms[k](img, view_seed(aug_seed, j)))[None]
                  for j, k in enumerate(kinds)]
         return {"views": views, "y": torch.from_numpy(self.labels[i]), "row": int(self.rows[i])}
@@ -83,6 +92,10 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     """Stack each view into B x 1 x S x S, labels into B x C, rows into a LongTensor of B."""
     if not batch:
         raise UsclfError("cannot collate an empty batch")
+    if "raw" in batch[0]:  # augment.backend=device: uint8 images B x H x W, draws B x views x N_PARAMS
+        return {"raw": torch.stack([b["raw"] for b in batch]), "aug": torch.stack([b["aug"] for b in batch]),
+                "y": torch.stack([b["y"] for b in batch]),
+                "row": torch.tensor([b["row"] for b in batch], dtype=torch.long)}
     n_views = len(batch[0]["views"])
     return {
         "views": [torch.stack([b["views"][j] for b in batch]) for j in range(n_views)],

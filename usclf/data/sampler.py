@@ -13,7 +13,7 @@ every rank the same number of batches, the list is padded by repeating its first
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -187,4 +187,12 @@ def make_loader(dataset: Dataset, sampler: _SeededBatchSampler | None = None, wo
               collate_fn=collate, persistent_workers=workers > 0)
     if sampler is None:
         return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kw)
-    return DataLoader(dataset, batch_sampler=sampler, **kw)
+    return on_device(DataLoader(dataset, batch_sampler=sampler, **kw), getattr(dataset, "aug", None))
+
+
+def on_device(loader: DataLoader, aug) -> Any:
+    """`loader` itself, or wrapped in a DeviceAugmentLoader when `aug.backend` is 'device'."""
+    if aug is None or getattr(aug, "backend", "cpu") != "device":
+        return loader
+    from .device_augment import DeviceAugmentLoader
+    return DeviceAugmentLoader(loader, aug)

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import UsclfError
 
 KINDS = ("weak", "strong", "eval")
+BACKENDS = ("cpu", "device")
 # timm's ImageNet mean/std averaged over RGB: matches a conv1 whose ImageNet weights are summed over RGB.
 IMAGENET_GRAY_MEAN = float(np.mean([0.485, 0.456, 0.406]))
 IMAGENET_GRAY_STD = float(np.mean([0.229, 0.224, 0.225]))
@@ -38,8 +39,13 @@ class AugmentConfig:
     cutout: tuple[float, float] = (0.1, 0.3)  # CoarseDropout hole side, fraction of image (always last)
     mean: float = IMAGENET_GRAY_MEAN      # ImageNet mean averaged over RGB (timm in_chans=1 convention)
     std: float = IMAGENET_GRAY_STD
+    # where weak/strong views are made: cpu = per image in the loader (cv2 + albumentations); device =
+    # batched torch ops after the uint8 batch is moved (usclf/data/device_augment.py, docs/performance.md)
+    backend: str = "cpu"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise UsclfError(f"augment.backend must be one of {', '.join(BACKENDS)}, got '{self.backend}'")
         if self.size < 8:
             raise UsclfError(f"augment.size must be >= 8, got {self.size}")
         for name in ("crop_scale", "crop_ratio", "cutout"):
@@ -92,13 +98,14 @@ def _strong_ops() -> list[A.BasicTransform]:
     ]
 
 
-def _weak(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Random-resized crop + rotation/shift fused into one cv2.warpAffine, then gain/brightness.
+def weak_params(h: int, w: int, cfg: AugmentConfig,
+                rng: np.random.Generator) -> tuple[np.ndarray, float, float, bool]:
+    """The weak pipeline's draws for an h x w source: (2 x 3 source->output affine, alpha, beta, flip).
 
-    Same sampling as albumentations' RandomResizedCrop (torchvision's 10 tries), Affine and
-    RandomBrightnessContrast, at a tenth of their per-call cost (measured: pipelines/bench.py data).
+    Random-resized crop (torchvision's 10 tries, like albumentations' RandomResizedCrop) fused with the
+    rotation/shift of albumentations' Affine, then RandomBrightnessContrast's gain/brightness. Shared by
+    the cpu backend (cv2) and the device backend (usclf/data/device_augment.py), so both draw the same.
     """
-    h, w = img.shape
     x0, y0, cw, ch = 0, 0, w, h
     for _ in range(10):
         area = rng.uniform(*cfg.crop_scale) * h * w
@@ -112,12 +119,24 @@ def _weak(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.n
     rot = np.vstack([cv2.getRotationMatrix2D((size / 2, size / 2), rng.uniform(-cfg.rotate, cfg.rotate), 1.0),
                      [0, 0, 1]])
     rot[:2, 2] += rng.uniform(-cfg.shift, cfg.shift, 2) * size
-    out = cv2.warpAffine(img, (rot @ crop)[:2], (size, size), flags=cv2.INTER_LINEAR,
-                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     alpha = 1.0 + rng.uniform(-cfg.contrast, cfg.contrast)
     beta = rng.uniform(-cfg.brightness, cfg.brightness) * 255.0  # brightness relative to the max value
+    flip = bool(cfg.hflip and rng.random() < 0.5)
+    return (rot @ crop)[:2], alpha, beta, flip
+
+
+def _weak(img: np.ndarray, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random-resized crop + rotation/shift fused into one cv2.warpAffine, then gain/brightness.
+
+    Same sampling as albumentations' RandomResizedCrop (torchvision's 10 tries), Affine and
+    RandomBrightnessContrast, at a tenth of their per-call cost (measured: pipelines/bench.py data).
+    """
+    m, alpha, beta, flip = weak_params(img.shape[0], img.shape[1], cfg, rng)
+    size = cfg.size
+    out = cv2.warpAffine(img, m, (size, size), flags=cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     out = cv2.convertScaleAbs(out, alpha=alpha, beta=beta)  # saturating uint8, like albumentations
-    if cfg.hflip and rng.random() < 0.5:
+    if flip:
         out = np.ascontiguousarray(out[:, ::-1])
     return out
 

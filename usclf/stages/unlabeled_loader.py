@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.dataset import UltrasoundDataset, collate
-from ..data.sampler import ExamBatchSampler, RandomBatchSampler
+from ..data.sampler import ExamBatchSampler, RandomBatchSampler, on_device
 from ..errors import UsclfError
 
 LABELED, UNLABELED = 0, 1
@@ -155,9 +155,10 @@ def fixmatch_loader(labeled: UltrasoundDataset, unlabeled: UltrasoundDataset, ba
                              drop_last=n_per_rank >= batch_size)
     unl = ExamBatchSampler(unlabeled.exam_ids, unlabeled_exams, max_images_per_exam, seed=seed + 1,
                            rank=rank, world_size=world_size)
-    return DataLoader(PairedDataset(labeled, unlabeled), batch_sampler=StepBatchSampler(lab, unl, steps_per_epoch),
-                      num_workers=workers, collate_fn=paired_collate, persistent_workers=workers > 0,
-                      pin_memory=pin_memory and torch.cuda.is_available())
+    loader = DataLoader(PairedDataset(labeled, unlabeled), batch_sampler=StepBatchSampler(lab, unl, steps_per_epoch),
+                        num_workers=workers, collate_fn=paired_collate, persistent_workers=workers > 0,
+                        pin_memory=pin_memory and torch.cuda.is_available())
+    return on_device(loader, unlabeled.aug)  # augment.backend=device: views made on the training device
 
 
 def unlabeled_rows(ds, splits: list[str], labelled: np.ndarray, train_rest: bool) -> np.ndarray:

@@ -1,0 +1,215 @@
+"""The weak and strong pipelines as batched torch ops on the training device (`augment.backend=device`).
+
+Split in two so that the loader stays cheap and the accelerator does the pixel work:
+
+* `view_params(kind, cfg, seed, h, w)` (CPU, in the loader's workers): every random draw of one view as a
+  vector of `N_PARAMS` numbers - a few microseconds per image. The weak draws come from
+  `transforms.weak_params`, the very function the cpu backend uses, so for the same seed both backends
+  crop, rotate, shift and jitter identically; the strong draws follow albumentations' samplers (SomeOf
+  picks `strong_ops` of the six ops, applied in list order; magnitudes as in `transforms._strong_ops`).
+* `augment_batch(raw, params, cfg)` (device): B x H x W uint8 -> B x 1 x S x S float, normalised. One
+  `grid_sample` for crop+rotation+shift, then elementwise ops and small grouped convolutions. Results
+  are rounded to uint8 levels where cv2/albumentations round, so the output distribution matches the
+  cpu backend's (tests/test_device_augment.py). Speckle noise is a counter-based hash of (view seed,
+  pixel), so a view depends on its seed only - not on the batch it lands in, the device or the worker.
+
+`DeviceAugmentLoader` wraps a DataLoader whose dataset has `backend=device`: it moves each uint8 batch
+(pinned, non_blocking) and replaces every {'raw', 'aug'} dict in it by {'views': [...]}.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .transforms import _STRONG_OP_NAMES, AugmentConfig, weak_params
+
+# Parameter vector layout (float64; the noise seed < 2**32 is exact).
+AFFINE = slice(0, 6)      # output pixel -> source pixel, 2 x 3 (inverse of cv2's matrix)
+ALPHA, BETA, FLIP = 6, 7, 8
+OPS = slice(9, 15)        # 1 where the strong op (in _STRONG_OP_NAMES order) is applied
+CONTRAST, GAMMA, KSIZE, SIGMA, SPECKLE, SHARP_A, SHARP_L, BITS = range(15, 23)
+CUT = slice(23, 27)       # cutout box x0, y0, x1, y1 (empty for weak views)
+NOISE_SEED = 27
+N_PARAMS = 28
+
+
+def view_params(kind: str, cfg: AugmentConfig, seed: int, h: int, w: int) -> np.ndarray:
+    """All random draws of one `weak` or `strong` view of an h x w image, as a float64 vector."""
+    rng = np.random.default_rng(int(seed) & 0xFFFFFFFFFFFFFFFF)
+    p = np.zeros(N_PARAMS)
+    m, alpha, beta, flip = weak_params(h, w, cfg, rng)
+    p[AFFINE] = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2].ravel()
+    p[ALPHA], p[BETA], p[FLIP] = alpha, beta, float(flip)
+    if kind == "strong":
+        ops = np.zeros(len(_STRONG_OP_NAMES))
+        ops[rng.choice(len(_STRONG_OP_NAMES), size=cfg.strong_ops, replace=False)] = 1.0
+        p[OPS] = ops
+        p[CONTRAST] = 1.0 + rng.uniform(-0.4, 0.4)        # RandomBrightnessContrast(contrast_limit=0.4)
+        p[GAMMA] = rng.uniform(60, 160) / 100.0           # RandomGamma(gamma_limit=(60, 160))
+        p[KSIZE] = 3 if rng.integers(3, 6) == 3 else 5    # randint(3, 5), even sizes rounded up
+        p[SIGMA] = rng.uniform(0.3, 1.5)
+        p[SPECKLE] = rng.uniform(0.05, 0.25)              # Speckle(sigma=(0.05, 0.25))
+        p[SHARP_A], p[SHARP_L] = rng.uniform(0.2, 0.6), rng.uniform(0.8, 1.0)
+        p[BITS] = rng.integers(3, 7)                      # Posterize(num_bits=(3, 6))
+        s = cfg.size                                      # CoarseDropout, one hole, float size range
+        hh, hw = int(s * rng.uniform(*cfg.cutout)), int(s * rng.uniform(*cfg.cutout))
+        y0, x0 = int(rng.integers(0, s - hh + 1)), int(rng.integers(0, s - hw + 1))
+        p[CUT] = (x0, y0, x0 + hw, y0 + hh)
+    p[NOISE_SEED] = float(rng.integers(0, 2**32))
+    return p
+
+
+# ---------------------------------------------------------------------------------------- device ops
+_M32 = 0xFFFFFFFF
+
+
+def _fmix32(h: torch.Tensor) -> torch.Tensor:
+    """murmur3's 32-bit finaliser on int64 tensors holding uint32 values (products wrap mod 2**64)."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _M32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
+def hash_normal(seeds: torch.Tensor, n: int) -> torch.Tensor:
+    """B x n standard normals, a pure function of each row's uint32 seed (Box-Muller on hashed counters)."""
+    idx = torch.arange(n, device=seeds.device, dtype=torch.int64)[None]
+    base = _fmix32((seeds.to(torch.int64)[:, None] * 0x9E3779B1 + 0x7F4A7C15) & _M32)
+    h1 = _fmix32((base + idx * 2) & _M32)
+    h2 = _fmix32(((base ^ 0x68E31DA4) + idx * 2 + 1) & _M32)
+    u1 = (h1.to(torch.float32) + 0.5) * (1.0 / 2**32)
+    u2 = h2.to(torch.float32) * (1.0 / 2**32)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
+
+
+def _conv_per_image(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """x: b x 1 x S x S, k: b x kh x kw (odd) -> correlation of image i with k[i], reflect-101 border."""
+    b, _, s, _ = x.shape
+    ph, pw = k.shape[1] // 2, k.shape[2] // 2
+    xp = F.pad(x.reshape(1, b, s, s), (pw, pw, ph, ph), mode="reflect")
+    return F.conv2d(xp, k[:, None], groups=b).reshape(b, 1, s, s)
+
+
+def _q(x: torch.Tensor) -> torch.Tensor:
+    """Round and saturate to uint8 levels (cv2's saturate_cast), kept in float."""
+    return x.round().clamp_(0, 255)
+
+
+def _gaussian_1d(ksize: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """b x 5 normalised Gaussian taps (albumentations' create_gaussian_kernel_1d), zero outside ksize."""
+    t = torch.arange(-2, 3, device=sigma.device, dtype=sigma.dtype)[None]
+    g = torch.exp(-0.5 * (t / sigma[:, None]) ** 2) * (t.abs() <= ksize[:, None] // 2)
+    return g / g.sum(1, keepdim=True)
+
+
+def _strong_op(name: str, x: torch.Tensor, p: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """One strong op on uint8-valued float images x (b x 1 x S x S) with per-image parameters p
+    (float32) and noise seeds (int64)."""
+    c = lambda i: p[:, i].view(-1, 1, 1, 1)  # noqa: E731
+    if name == "contrast":   # albucore multiply_add LUT: clip then truncate to uint8
+        return (x * c(CONTRAST)).clamp(0, 255).floor()
+    if name == "gamma":      # uint8 LUT: (v/255)**gamma * 255, truncated
+        return (torch.pow(x / 255.0, c(GAMMA)) * 255.0 + 1e-4).floor().clamp(0, 255)
+    if name == "blur":       # separable Gaussian (cv2.sepFilter2D), rounded
+        g = _gaussian_1d(p[:, KSIZE], p[:, SIGMA])
+        return _q(_conv_per_image(x, g[:, :, None] * g[:, None, :]))
+    if name == "speckle":    # clip(img * (1 + sigma * N(0, 1))) truncated to uint8
+        s = x.shape[-1]
+        noise = hash_normal(seeds, s * s).view(-1, 1, s, s)
+        return (x * (1.0 + c(SPECKLE) * noise)).clamp(0, 255).floor()
+    if name == "sharpen":    # albumentations Sharpen(method="kernel") via cv2.filter2D, rounded
+        a, light = p[:, SHARP_A], p[:, SHARP_L]
+        k = -a[:, None, None].expand(-1, 3, 3).clone()
+        k[:, 1, 1] = (1 - a) + a * (8 + light)
+        return _q(_conv_per_image(x, k))
+    if name == "posterize":  # keep the top `bits` bits
+        step = torch.pow(2.0, 8 - c(BITS))
+        return torch.floor(x / step) * step
+    raise ValueError(name)
+
+
+def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
+    """raw: B x H x W uint8 (any device); params: B x N_PARAMS (`view_params`) -> B x 1 x S x S float32."""
+    dev, s = raw.device, cfg.size
+    b, h, w = raw.shape
+    sel = params[:, OPS].cpu() > 0  # which images get which strong op: decided on the host, no device sync
+    has_cut = bool((params[:, CUT.start + 2] > params[:, CUT.start]).any())
+    seeds = params[:, NOISE_SEED].to(torch.int64).to(dev, non_blocking=True)  # float32 cannot hold it
+    p = params.to(torch.float32).to(dev, non_blocking=True)
+    # crop + rotation + shift: one bilinear grid_sample, zero border (cv2.warpAffine BORDER_CONSTANT)
+    ys, xs = torch.meshgrid(torch.arange(s, device=dev, dtype=torch.float32),
+                            torch.arange(s, device=dev, dtype=torch.float32), indexing="ij")
+    grid_in = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, s * s, 3)
+    src = grid_in @ p[:, AFFINE].view(b, 2, 3).transpose(1, 2)          # B x S*S x 2 source pixel coords
+    norm = torch.tensor([2.0 / w, 2.0 / h], device=dev)
+    grid = ((src + 0.5) * norm - 1.0).view(b, s, s, 2)
+    x = F.grid_sample(raw.to(torch.float32)[:, None], grid, mode="bilinear", padding_mode="zeros",
+                      align_corners=False)
+    x = _q(x)
+    x = (x * p[:, ALPHA].view(-1, 1, 1, 1) + p[:, BETA].view(-1, 1, 1, 1)).abs_()  # cv2.convertScaleAbs
+    x = _q(x)
+    flip = p[:, FLIP].view(-1, 1, 1, 1) > 0
+    x = torch.where(flip, x.flip(-1), x)
+    if bool(sel.any()):
+        for j, name in enumerate(_STRONG_OP_NAMES):  # albumentations' SomeOf applies in list order
+            idx = torch.nonzero(sel[:, j]).flatten()
+            if len(idx) == 0:
+                continue
+            idx = idx.to(dev, non_blocking=True)
+            out = _strong_op(name, x.index_select(0, idx), p.index_select(0, idx), seeds.index_select(0, idx))
+            x = x.index_copy(0, idx, out)
+    if has_cut:  # CoarseDropout, fill 0
+        cols = torch.arange(s, device=dev, dtype=torch.float32)
+        cut = p[:, CUT]
+        inx = (cols[None] >= cut[:, 0:1]) & (cols[None] < cut[:, 2:3])
+        iny = (cols[None] >= cut[:, 1:2]) & (cols[None] < cut[:, 3:4])
+        x = x.masked_fill((iny[:, :, None] & inx[:, None, :])[:, None], 0.0)
+    return x * (1.0 / (255.0 * cfg.std)) - cfg.mean / cfg.std
+
+
+# ---------------------------------------------------------------------------------------- loader
+def _resolve_default_device() -> torch.device:
+    from ..train.distributed import get_dist_info, resolve_device
+    return resolve_device("auto", get_dist_info().local_rank)
+
+
+class DeviceAugmentLoader:
+    """Iterates a DataLoader of {'raw', 'aug'} batches and yields {'views': [...]} batches on `device`.
+
+    Sampler attributes and `len()` are those of the wrapped loader, so the Trainer's resume and
+    `set_epoch` logic see no difference; the Trainer calls `set_device` with its own device.
+    """
+
+    def __init__(self, loader: Any, cfg: AugmentConfig, device: torch.device | str | None = None):
+        self.loader, self.cfg = loader, cfg
+        self.device = torch.device(device) if device is not None else None
+        self.batch_sampler = getattr(loader, "batch_sampler", None)
+        self.sampler = getattr(loader, "sampler", None)
+        self.dataset = getattr(loader, "dataset", None)
+
+    def set_device(self, device: torch.device | str) -> None:
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def _convert(self, obj: Any, device: torch.device) -> Any:
+        if isinstance(obj, dict) and "raw" in obj and "aug" in obj:
+            raw = obj["raw"].to(device, non_blocking=True)
+            aug = obj["aug"]
+            views = [augment_batch(raw, aug[:, j], self.cfg) for j in range(aug.shape[1])]
+            rest = {k: v for k, v in obj.items() if k not in ("raw", "aug")}
+            return {"views": views, **rest}
+        if isinstance(obj, dict):
+            return {k: self._convert(v, device) for k, v in obj.items()}
+        return obj
+
+    def __iter__(self) -> Iterator[Any]:
+        device = self.device or _resolve_default_device()
+        for batch in self.loader:
+            yield self._convert(batch, device)
