@@ -317,8 +317,6 @@ class Trainer:
         epoch_sampler = _sampler_with(loader, "set_epoch")
         if callable(getattr(loader, "set_device", None)):  # augment.backend=device: views made on our device
             loader.set_device(self.device)
-        if callable(getattr(loader, "set_device", None)):  # augment.backend=device: views made on our device
-            loader.set_device(self.device)
         n_batches = len(loader) if hasattr(loader, "__len__") else None
         self.total_steps = cfg.max_steps or (cfg.epochs * n_batches if n_batches else None)
         while not self._done(epoch):
