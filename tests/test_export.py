@@ -137,7 +137,7 @@ def test_export_refuses_bad_requests_in_one_line(world, tmp_path, capsys):
     ml = str(world.models["ml"])
     cases = [(["--format", "onnx", "--out", str(tmp_path / "a.onnx"), "--register", "x"], "--format mlflow"),
              (["--format", "onnx", "--out", str(tmp_path / "b.onnx"), "--tol", "1e-12"], "nothing written"),
-             (["--format", "onnx", "--out", str(world.models["two"])], "exists"),
+             (["--format", "torchscript", "--out", str(world.models["two"])], "exists"),
              (["--format", "onnx", "--out", str(tmp_path / "no" / "c.onnx")], "not found")]
     for extra, msg in cases:
         assert main(["export", "--model", ml, "--quiet", *extra]) == 2

@@ -68,6 +68,19 @@ def _chunks(items: list, n: int) -> Iterable[list]:
         yield items[i:i + n]
 
 
+def experiment_id(client, uri: str, experiment: str) -> str:
+    """The id of `experiment`, created if needed; with a sqlite store its artifacts go beside the DB."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is not None:
+        return exp.experiment_id
+    db = sqlite_path(uri)
+    location = None
+    if db is not None:  # keep artifacts beside the DB, not in the current directory
+        folder = re.sub(r"[^A-Za-z0-9._-]+", "_", experiment) or "experiment"
+        location = (db.resolve().parent / "mlruns" / folder).as_uri()
+    return client.create_experiment(experiment, artifact_location=location)
+
+
 class Tracker:
     """One MLflow run as a context manager; with `enabled=False` every call is a no-op."""
 
@@ -83,15 +96,7 @@ class Tracker:
 
     # ---------------------------------------------------------------- lifecycle
     def _experiment_id(self) -> str:
-        exp = self._client.get_experiment_by_name(self.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        db = sqlite_path(self.uri)
-        location = None
-        if db is not None:  # keep artifacts beside the DB, not in the current directory
-            folder = re.sub(r"[^A-Za-z0-9._-]+", "_", self.experiment) or "experiment"
-            location = (db.resolve().parent / "mlruns" / folder).as_uri()
-        return self._client.create_experiment(self.experiment, artifact_location=location)
+        return experiment_id(self._client, self.uri, self.experiment)
 
     def start(self) -> "Tracker":
         """Create the run (called by `with Tracker(...)`)."""
@@ -101,12 +106,16 @@ class Tracker:
         db = sqlite_path(self.uri)
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
+        from .locks import store_lock
         try:
-            self._client = MlflowClient(tracking_uri=self.uri)
-            tags = {str(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in self._tags.items()}
-            if self.parent_run_id:
-                tags[PARENT_TAG] = self.parent_run_id
-            run = self._client.create_run(self._experiment_id(), tags=tags, run_name=self.run_name)
+            with store_lock(self.uri):  # two first runs never create/migrate one sqlite DB at once
+                self._client = MlflowClient(tracking_uri=self.uri)
+                tags = {str(k): str(v)[:MAX_TAG_VAL_LENGTH] for k, v in self._tags.items()}
+                if self.parent_run_id:
+                    tags[PARENT_TAG] = self.parent_run_id
+                run = self._client.create_run(self._experiment_id(), tags=tags, run_name=self.run_name)
+        except UsclfError:
+            raise
         except Exception as e:  # MLflow raises many types (DB, network); one line for the user
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UsclfError(f"cannot start an MLflow run at {self.uri}: {first[:200]}") from None

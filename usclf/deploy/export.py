@@ -10,16 +10,17 @@ objects) whose artefact is the model file itself, read with `torch.load(weights_
 frames and applies ingest's cleaning too.
 
 Every export is checked: the exported model's scores against `usclf predict`'s on the same frames (cache images
-of `--data`, else seeded random frames); more than `tol` apart and nothing is left behind.
+of `--data`, else seeded random frames); more than `tol` apart and nothing is left behind. Where an export may
+be written, and what `--overwrite` may replace (only usclf's own exports), is in `outputs.py`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -27,7 +28,9 @@ from torch import nn
 
 from ..data.transforms import eval_resize
 from ..errors import UsclfError
+from ..locks import output_lock
 from ..stages.predict import Predictor
+from .outputs import check_out, check_replace, commit, staging, write_marker
 
 FORMATS = ("onnx", "torchscript", "mlflow")
 OPSET = 17  # ONNX opset 17 (onnxruntime >= 1.14 runs it; every op used here exists since opset 13)
@@ -131,48 +134,50 @@ def _run_torchscript(out: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndar
     return s.numpy(), lab.numpy()
 
 
-def _clear(out: Path) -> None:
-    if out.is_dir():
-        shutil.rmtree(out)
-    elif out.exists():
-        out.unlink()
-
-
 def export_model(model_path: str | Path, fmt: str, out: str | Path, data: str | Path | None = None,
-                 tol: float = TOL, overwrite: bool = False) -> ExportResult:
-    """Export a model file to `fmt` at `out` and check it against PyTorch (see module docstring)."""
+                 tol: float = TOL, overwrite: bool = False,
+                 before_commit: Callable[[dict], None] | None = None) -> ExportResult:
+    """Export a model file to `fmt` at `out` and check it against PyTorch (see module docstring). The export is
+    built beside `out` under the output lock and renamed into place; `before_commit(meta)` (registration) runs
+    after the check and before the rename: if it fails, nothing is written."""
     if fmt not in FORMATS:
         raise UsclfError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
-    model_path, out = Path(model_path), Path(out)
-    if out.exists() and not overwrite:
-        raise UsclfError(f"{out} exists: choose another --out or pass --overwrite")
-    if not out.parent.is_dir():
-        raise UsclfError(f"folder for --out not found: {out.parent}")
-    pred = Predictor(model_path, device="cpu")
-    images = check_images(pred, data)
-    ref_scores, ref_labels = pred(list(images))
-    meta = export_metadata(pred, model_path, fmt)
-    pixels = prepare_pixels(images, int(pred.transform.size))
-    tmp = out.with_name(f".{out.name}.tmp")
-    _clear(tmp)
-    try:
-        if fmt == "mlflow":
-            from .pyfunc import load_pyfunc, save_pyfunc
-            save_pyfunc(model_path, tmp, meta)
-            df = load_pyfunc(tmp).predict(images, params={"prepared": True})
-            scores = df[[f"p_{c}" for c in pred.classes]].to_numpy()
-            labels = df[pred.classes].to_numpy()
-        else:
-            graph = ScoringGraph(pred)
-            write, run = (_write_onnx, _run_onnx) if fmt == "onnx" else (_write_torchscript, _run_torchscript)
-            write(graph, torch.from_numpy(pixels[:2]), tmp, meta)
-            scores, labels = run(tmp, pixels)
-        diff = float(np.abs(np.asarray(scores, np.float64) - ref_scores).max())
-        if not diff <= tol:
-            raise UsclfError(f"exported {fmt} model disagrees with PyTorch: max |score difference| {diff:.2e} > "
-                             f"{tol:.0e} on {len(images)} images; nothing written")
-        _clear(out)
-        tmp.rename(out)
-    finally:
-        _clear(tmp)
-    return ExportResult(out, fmt, diff, len(images), float((np.asarray(labels) == ref_labels).mean()), meta)
+    out_arg, model_path = out, Path(model_path)
+    out = check_out(out_arg, fmt, model_path, data)
+    check_replace(out, out_arg, fmt, overwrite)              # before loading anything: fail fast
+    with output_lock(out, "export", shown=out_arg):
+        check_replace(out, out_arg, fmt, overwrite)          # again, now that no other export can write it
+        pred = Predictor(model_path, device="cpu")
+        images = check_images(pred, data)
+        ref_scores, ref_labels = pred(list(images))
+        meta = export_metadata(pred, model_path, fmt)
+        pixels = prepare_pixels(images, int(pred.transform.size))
+        with staging(out) as tmp:
+            try:
+                scores, labels = _build(pred, fmt, model_path, tmp, meta, images, pixels)
+            except OSError as e:
+                raise UsclfError(f"cannot write {out_arg}: {e.strerror or e}") from None
+            diff = float(np.abs(np.asarray(scores, np.float64) - ref_scores).max())
+            if not diff <= tol:
+                raise UsclfError(f"exported {fmt} model disagrees with PyTorch: max |score difference| {diff:.2e} "
+                                 f"> {tol:.0e} on {len(images)} images; nothing written")
+            if before_commit is not None:
+                before_commit(meta)
+            commit(tmp, out)
+    return ExportResult(Path(out_arg), fmt, diff, len(images), float((np.asarray(labels) == ref_labels).mean()),
+                        meta)
+
+
+def _build(pred: Predictor, fmt: str, model_path: Path, tmp: Path, meta: dict, images: np.ndarray,
+           pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Write the export at `tmp`; the scores and labels it gives on the check frames."""
+    if fmt == "mlflow":
+        from .pyfunc import load_pyfunc, save_pyfunc
+        save_pyfunc(model_path, tmp, meta)
+        write_marker(tmp, meta)
+        df = load_pyfunc(tmp).predict(images, params={"prepared": True})
+        return df[[f"p_{c}" for c in pred.classes]].to_numpy(), df[pred.classes].to_numpy()
+    graph = ScoringGraph(pred)
+    write, run = (_write_onnx, _run_onnx) if fmt == "onnx" else (_write_torchscript, _run_torchscript)
+    write(graph, torch.from_numpy(pixels[:2]), tmp, meta)
+    return run(tmp, pixels)
