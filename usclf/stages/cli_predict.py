@@ -12,6 +12,11 @@ def run_predict(args) -> PredictResult:
           f"{res.n_units} folders{done} in {res.seconds:.1f} s")
     print(f"  rows {res.out}\n  exams {res.exams}")
     if res.sr is not None:
-        other = f"; {res.sr.n_non_dicom_files} non-DICOM files have rows only" if res.sr.n_non_dicom_files else ""
-        print(f"  DICOM SR: {res.sr.n_studies} structured reports (one per study) in {args.dicom_sr}{other}")
+        sr = res.sr
+        other = f"; {sr.n_non_dicom_files} non-DICOM files have rows only" if sr.n_non_dicom_files else ""
+        if sr.n_studies == 0:
+            print(f"  DICOM SR: 0 structured reports in {args.dicom_sr}: {sr.why}")
+        else:
+            refused = f"; {sr.n_refused} not reported, each with its reason in {sr.skipped}" if sr.n_refused else ""
+            print(f"  DICOM SR: {sr.n_studies} structured reports (one per study) in {args.dicom_sr}{other}{refused}")
     return res

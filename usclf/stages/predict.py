@@ -181,11 +181,12 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
         raise UsclfError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     out, exams_path, state, fmt = output_paths(out_file)
     check_out(out, exams_path, state)
-    if dicom_sr is not None and Path(dicom_sr).exists() and not Path(dicom_sr).is_dir():
-        raise UsclfError(f"--dicom-sr {dicom_sr} is a file, not a folder")
     root = Path(input_dir).resolve()
     if not root.is_dir():
         raise UsclfError(f"input folder not found: {root}")
+    if dicom_sr is not None:
+        from .predict_sr_checks import check_sr_dir
+        check_sr_dir(dicom_sr, root)   # before any row is written: a file, inside the input, read-only
     units = walk_units(root, {out.resolve(), exams_path.resolve(), state.resolve()})
     if all(u.note for u in units):
         raise UsclfError(f"no files under {root}")
@@ -217,8 +218,12 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
     sr = None
     if dicom_sr is not None:
         from .predict_sr import read_rows, write_exam_reports
-        sr = write_exam_reports(read_rows(out), root, dicom_sr, pred.classes, pred.thresholds,
-                                {"method": pred.info.method, "model_sha1": run["model_sha1"]})
+        try:
+            sr = write_exam_reports(read_rows(out), root, dicom_sr, pred.classes, pred.thresholds,
+                                    {"method": pred.info.method, "model_sha1": run["model_sha1"]})
+        except OSError as e:
+            raise UsclfError(f"predictions are in {out}, but the DICOM SRs could not be written to {dicom_sr}: "
+                             f"{e.strerror or e}") from None
     return PredictResult(out=out, exams=exams_path, n_units=len(units),
                          n_units_done=len(units) - counts["todo_units"], n_rows=counts["rows"],
                          n_predicted=counts["predicted"], n_skipped=counts["rows"] - counts["predicted"],

@@ -11,6 +11,9 @@ Presence follows the per-exam inventory of `predict`: present when at least one 
 threshold. Patient and study identity (the Patient and General Study modules) are copied from the source
 instances by highdicom, as the SR IODs require; nothing else of the source header is. The SR's instance UID is
 derived from the study UID and the model's sha1, so a rerun rewrites the same file instead of adding another.
+An SR never spans patients: a StudyInstanceUID whose files name two PatientIDs, a file with a missing or invalid
+UID, a malformed Patient / Study value (control character, over-long, a backslash splitting it into values) give
+no SR for that study but a reason row in DIR/sr_skipped.csv (predict_sr_checks.py); the predictions are kept.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .predict_sr_checks import TYPE2, UIDS, header_problem, study_problem, uid_problem
+
 
 ORGAN_CODES = {  # SNOMED CT body structures
     "liver": ("10200004", "Liver"), "gallbladder": ("28231008", "Gallbladder"), "kidney": ("64033007", "Kidney"),
@@ -28,8 +33,7 @@ ORGAN_CODES = {  # SNOMED CT body structures
     "bladder": ("89837001", "Urinary bladder"),
 }
 SCHEME = "99USCLF"
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-          "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_TYPE2 = tuple(TYPE2)
 
 
 @dataclass
@@ -37,6 +41,12 @@ class SRResult:
     files: list[Path]
     n_studies: int
     n_non_dicom_files: int   # predicted files that are not DICOM (no SR for them; CSV rows only)
+    n_refused: int = 0       # studies (or files without a usable study) not reported: rows of `skipped`
+    skipped: Path | None = None   # DIR/sr_skipped.csv: study_instance_uid, path, n_files, reason
+    why: str = ""            # when no SR was written: why not
+
+
+SKIPPED = "sr_skipped.csv"
 
 
 def read_rows(path: Path) -> pd.DataFrame:
@@ -48,20 +58,28 @@ def read_rows(path: Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def _headers(root: Path, paths) -> tuple[dict, int]:
+def _headers(root: Path, paths) -> tuple[dict, dict, int]:
+    """({path: identity} of usable DICOM files, {path: (study uid or '', reason)} of unusable ones, non-DICOM)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    heads, other = {}, 0
+    heads, bad, other = {}, {}, 0
     for rel in paths:
         try:
             ds = pydicom.dcmread(root / rel, stop_before_pixels=True)
         except (InvalidDicomError, OSError):
             other += 1
             continue
-        if "StudyInstanceUID" in ds and "SOPInstanceUID" in ds:
+        except Exception as e:  # a damaged header: pydicom raises many types
+            bad[rel] = ("", f"unreadable DICOM header: {str(e).splitlines()[0][:120] if str(e) else type(e).__name__}")
+            continue
+        why = header_problem(ds)
+        if why:
+            study = "" if uid_problem(ds, "StudyInstanceUID") else str(ds.StudyInstanceUID)
+            bad[rel] = (study, why)
+        else:
             heads[rel] = _identity(ds)
-    return heads, other
+    return heads, bad, other
 
 
 def _identity(ds):
@@ -71,8 +89,7 @@ def _identity(ds):
     from pydicom.dataset import Dataset
 
     out = Dataset()
-    for kw in ("SpecificCharacterSet", "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID",
-               *_TYPE2):
+    for kw in ("SpecificCharacterSet", *UIDS, *_TYPE2):
         if kw in ds:
             setattr(out, kw, ds.data_element(kw).value)
         elif kw in _TYPE2:
@@ -134,24 +151,61 @@ def _report(study_rows: pd.DataFrame, heads: list, classes: list[str], threshold
 
 def write_exam_reports(rows: pd.DataFrame, root: str | Path, out_dir: str | Path, classes: list[str],
                        thresholds, meta: dict) -> SRResult:
-    """One SR per study among the predicted rows whose file is DICOM; returns the files written."""
+    """One SR per (PatientID, StudyInstanceUID) among the predicted rows whose file is DICOM; a study whose UID
+    names several patients, or with a file whose UIDs / Patient / Study values are missing or malformed, gets no
+    SR but a row of DIR/sr_skipped.csv (an SR written for it by an earlier run is removed)."""
     from pydicom.uid import generate_uid
 
     out_dir, root = Path(out_dir), Path(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = rows[rows["status"] == "predicted"]
-    heads, other = _headers(root, sorted(rows["path"].astype(str).unique()))
+    heads, bad, other = _headers(root, sorted(rows["path"].astype(str).unique()))
+    skipped = [(st, rel, 1, why) for rel, (st, why) in bad.items() if not st]
+    bad_of = {}
+    for rel, (st, why) in bad.items():
+        if st:
+            bad_of.setdefault(st, []).append((rel, why))
     rows = rows[rows["path"].astype(str).isin(heads)]
-    study = rows["path"].astype(str).map(lambda p: str(heads[p].StudyInstanceUID))
+    by_study: dict[str, list[str]] = {}
+    for rel in sorted(rows["path"].astype(str).unique()):
+        by_study.setdefault(str(heads[rel].StudyInstanceUID), []).append(rel)
+    for st in bad_of:
+        by_study.setdefault(st, [])
     files = []
     th = np.asarray(thresholds, float)
-    for st, g in rows.groupby(study, sort=True):
+    for st in sorted(by_study):
+        rels = by_study[st]
         key = [st, meta["model_sha1"]]
         uid = generate_uid(entropy_srcs=[*key, "sr"])
-        src = [heads[p] for p in sorted(g["path"].astype(str).unique())]
-        doc = _report(g, src, classes, th, meta, generate_uid(entropy_srcs=[*key, "series"]), uid)
         path, tmp = out_dir / f"{uid}.dcm", out_dir / f".{uid}.dcm.tmp"
-        doc.save_as(tmp, enforce_file_format=True)
+        why = None
+        if st in bad_of:
+            (rel0, why0), n = bad_of[st][0], len(bad_of[st])
+            why = f"{n} file(s) of this study unusable, e.g. {rel0}: {why0}"
+        why = why or study_problem([heads[r] for r in rels])
+        if why is None:
+            try:
+                g = rows[rows["path"].astype(str).isin(rels)]
+                doc = _report(g, [heads[p] for p in rels], classes, th, meta,
+                              generate_uid(entropy_srcs=[*key, "series"]), uid)
+                doc.save_as(tmp, enforce_file_format=True)
+            except (ValueError, TypeError, AttributeError) as e:  # highdicom/pydicom refused a value
+                tmp.unlink(missing_ok=True)
+                why = f"the SR could not be built: {(str(e).splitlines() or [type(e).__name__])[0][:160]}"
+        if why is not None:
+            path.unlink(missing_ok=True)   # this study's SR from an earlier run (same derived name) would be stale
+            skipped.append((st, (rels or [r for r, _ in bad_of.get(st, [])])[0], len(rels) + len(bad_of.get(st, [])),
+                            why))
+            continue
         os.replace(tmp, path)
         files.append(path)
-    return SRResult(files, len(files), other)
+    report = out_dir / SKIPPED
+    df = pd.DataFrame(skipped, columns=["study_instance_uid", "path", "n_files", "reason"])
+    df.to_csv(out_dir / f".{SKIPPED}.tmp", index=False)
+    os.replace(out_dir / f".{SKIPPED}.tmp", report)
+    why = ""
+    if not files:
+        why = ("no frame was predicted" if rows.empty and not heads and not bad and not other else
+               "no predicted file is DICOM (PNG/JPEG inputs keep the rows only)" if not heads and not bad else
+               f"no study could be reported, e.g. {skipped[0][1]}: {skipped[0][3]} (every reason in {report})")
+    return SRResult(files, len(files), other, len(skipped), report, why)
