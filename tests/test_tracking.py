@@ -61,6 +61,10 @@ def test_failed_run_and_nested_children(mlflow_uri):
     kids = client.search_runs([client.get_experiment_by_name("usclf").experiment_id],
                               filter_string=f"tags.mlflow.parentRunId = '{parent.run_id}'")
     assert sorted(r.data.params["seed"] for r in kids) == ["0", "1"]
+    # a child whose stage names another experiment still nests: it follows its parent's experiment
+    with Tracker(experiment="usclf-finetune", run_name="other", parent_run_id=parent.run_id) as stray:
+        pass
+    assert client.get_run(stray.run_id).info.experiment_id == client.get_run(parent.run_id).info.experiment_id
 
 
 def test_disabled_tracker_writes_nothing(tmp_path):

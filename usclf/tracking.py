@@ -96,6 +96,8 @@ class Tracker:
 
     # ---------------------------------------------------------------- lifecycle
     def _experiment_id(self) -> str:
+        if self.parent_run_id:  # MLflow nests runs of one experiment only: a child follows its parent
+            return self._client.get_run(self.parent_run_id).info.experiment_id
         return experiment_id(self._client, self.uri, self.experiment)
 
     def start(self) -> "Tracker":
