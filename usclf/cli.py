@@ -226,7 +226,14 @@ def run_study_command(argv: list[str]) -> int:
         print(f"usclf study: error: unknown study '{argv[0]}'; valid: {', '.join(STUDIES)}", file=sys.stderr)
         return 2
     import importlib
-    return int(importlib.import_module(f"usclf.studies.{STUDIES[argv[0]][0]}").main(argv[1:]) or 0)
+    try:
+        return int(importlib.import_module(f"usclf.studies.{STUDIES[argv[0]][0]}").main(argv[1:]) or 0)
+    except UsclfError as e:  # a study reports the project's errors like every command: one line, exit 2
+        print(f"usclf study {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"usclf study {argv[0]}: interrupted", file=sys.stderr)
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,11 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     bad = [x for x in extra if x.startswith("-") or "=" not in x]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
-    if extra:  # key=value overrides given after options land here (argparse stops positionals early)
-        args.overrides = list(getattr(args, "overrides", []) or []) + extra
     if not args.command:
         parser.print_help()
         return 1
+    if extra and not hasattr(args, "overrides"):  # export / suggest / predict take no key=value overrides
+        print(f"usclf {args.command}: error: unexpected argument(s) {' '.join(extra)}: `usclf {args.command}` "
+              "takes no key=value config overrides (see its --help)", file=sys.stderr)
+        return 2
+    if extra:  # key=value overrides given after options land here (argparse stops positionals early)
+        args.overrides = list(args.overrides or []) + extra
     module, func = COMMANDS[args.command][2].split(":")
     try:
         import importlib

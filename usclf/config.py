@@ -75,22 +75,38 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return bool(value)
         raise UsclfError(f"config key '{key}': expected true/false, got {value!r}")
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise UsclfError(f"config key '{key}': expected a number, got {value!r}")
+        if isinstance(value, (bool, list, tuple, dict)) or value is None:
+            what = {list: "a list", tuple: "a list", dict: "a mapping"}.get(type(value), repr(value))
+            raise UsclfError(f"config key '{key}': expected {'an integer' if tp is int else 'a number'}, got {what}"
+                             + (f" {value!r}" if isinstance(value, (list, tuple, dict)) else ""))
         try:
             num = float(value) if tp is float else int(str(value)) if isinstance(value, str) else value
         except ValueError:
             raise UsclfError(f"config key '{key}': expected {tp.__name__}, got {value!r}") from None
+        if not isinstance(num, (int, float)):
+            raise UsclfError(f"config key '{key}': expected {tp.__name__}, got {value!r}")
         if tp is int and isinstance(num, float):
             if not num.is_integer():
                 raise UsclfError(f"config key '{key}': expected an integer, got {value!r}")
             num = int(num)
+        if tp is int and key.rsplit(".", 1)[-1].endswith("seed"):
+            check_seed(num, f"config key '{key}'")
         return tp(num)
     if tp is str:
         if isinstance(value, (dict, list)):
             raise UsclfError(f"config key '{key}': expected a string, got {value!r}")
         return str(value)
     return value
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range
+
+
+def check_seed(value: int, what: str = "seed") -> int:
+    """A seed must be in numpy's range 0 .. 2**32-1 (one line otherwise)."""
+    if not 0 <= int(value) <= SEED_MAX:
+        raise UsclfError(f"{what}: a seed must be between 0 and {SEED_MAX}, got {value}")
+    return int(value)
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
@@ -158,6 +174,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise UsclfError(f"--config {p} is a folder; give a YAML file (see configs/)")
         if not p.is_file():
             raise UsclfError(f"config file not found: {p}")
         try:

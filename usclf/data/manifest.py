@@ -113,7 +113,16 @@ def read_image_ids(path: str | Path, what: str = "image id list") -> list[str]:
     """The image_id column of a CSV (frames labelled so far, frames to train on); one-line errors."""
     if not Path(path).is_file():
         raise UsclfError(f"{what} not found: {path}")
-    ids = pd.read_csv(path, dtype=str)
+    try:
+        ids = pd.read_csv(path, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise UsclfError(f"{what} {path} is empty: needs an image_id column (the manifest's image ids)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise UsclfError(f"{what} {path} is not a readable CSV: {str(e).splitlines()[0][:200]}") from None
     if "image_id" not in ids.columns:
         raise UsclfError(f"{path}: needs an image_id column (the manifest's image ids)")
-    return ids["image_id"].tolist()
+    out = ids["image_id"].dropna().str.strip()
+    out = out[out != ""].tolist()
+    if not out:
+        raise UsclfError(f"{what} {path} lists no image ids")
+    return out

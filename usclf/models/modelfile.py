@@ -78,6 +78,15 @@ def save_model_file(path: str | Path, model: torch.nn.Module, info: ModelInfo) -
 
 
 def _read(path: str | Path) -> tuple[dict, ModelInfo]:
+    p = Path(path)
+    if p.is_dir():
+        raise UsclfError(f"{path} is a folder, not a usclf model file (give its model.pt)")
+    if p.is_file():
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+        if head[:2] != b"PK" and head[:1] != b"\x80":  # neither torch's zip format nor a legacy pickle
+            raise UsclfError(f"{path} is not a usclf model file (not a PyTorch file; write one with "
+                             "pretrain/finetune/semisup)")
     obj = load_checkpoint(path)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise UsclfError(f"{path} is not a usclf model file (write one with pretrain/finetune/semisup)")

@@ -12,13 +12,18 @@ from ..validate import non_negative, one_of
 from .common import DataConfig, ExamDataConfig, ModelConfig
 
 METHODS = tuple(PRETRAIN)
+TRAIN_SPLITS = ("train",)  # the labelled split finetune/semisup train on (label fraction or labeled_ids)
 
 
-def check_eval_splits(cfg) -> None:
-    """The development split (selection, thresholds) and the test split must be two named, different splits."""
+def check_eval_splits(cfg, training: tuple[str, ...] | list[str] = ()) -> None:
+    """The development split (selection, thresholds) and the test split must be two named, different splits,
+    and the test split held out: none of the splits the stage trains on (`training`)."""
     if not cfg.dev_split or not cfg.test_split or cfg.dev_split == cfg.test_split:
         raise UsclfError(f"dev_split and test_split must name two different splits (got '{cfg.dev_split}' and "
                          f"'{cfg.test_split}'): thresholds chosen on the test split would leak it")
+    if cfg.test_split in training:
+        raise UsclfError(f"test_split '{cfg.test_split}' is a split this stage trains on ({', '.join(training)}): "
+                         "a test score on training images means nothing; use the held-out split (test)")
 
 
 @dataclass
@@ -50,7 +55,7 @@ class PretrainConfig:
             raise UsclfError(f"min_count must be >= 1, got {self.min_count}")
         if not self.train_splits:
             raise UsclfError("train_splits must name at least one split")
-        check_eval_splits(self)
+        check_eval_splits(self, tuple(self.train_splits))
 
 
 @dataclass
@@ -71,7 +76,7 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(patience=7))
 
     def __post_init__(self):
-        check_eval_splits(self)
+        check_eval_splits(self, TRAIN_SPLITS)
 
 
 @dataclass
@@ -110,7 +115,7 @@ class SemisupConfig:
 def check_config(cfg: SemisupConfig) -> None:
     """One-line errors for settings that cannot work."""
     method_class("semisup", cfg.method)
-    check_eval_splits(cfg)
+    check_eval_splits(cfg, (*TRAIN_SPLITS, *cfg.unlabeled_splits))
     if cfg.mu < 1 or cfg.eval_every < 1 or cfg.min_count < 1:
         raise UsclfError(f"mu, eval_every and min_count must be >= 1 (got {cfg.mu}, {cfg.eval_every}, {cfg.min_count})")
     if cfg.unlabeled_exams is not None and cfg.unlabeled_exams < 1:

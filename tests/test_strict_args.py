@@ -1,0 +1,158 @@
+"""Strict arguments and clear messages (issue 24): `usclf suggest` refuses unknown / empty `--labeled` lists, a
+model of another image size or class list and a read-only `--out` (a real read-only tmpfs); stray key=value
+arguments are refused by the commands without config overrides; typed config errors for lists / mappings where a
+number is expected; seeds range-checked; test means test (no test_split that the stage trains on); a text file as
+`--model` and a folder as `--config` say what they are. Each case is one line on stderr and exit 2."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from conftest import calibrated
+from test_dicom_sr_hardening import read_only_dir
+from test_suggest import world  # noqa: F401 (module fixture: a simulated dataset, a classifier, a cluster model)
+from usclf.cli import main
+from usclf.models.heads import build_classifier
+from usclf.models.modelfile import ModelInfo, Preprocess, save_model_file
+
+
+def _err(capsys, cmd: str, *parts: str) -> str:
+    err = capsys.readouterr().err.strip()
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"usclf {cmd}: error: ") and "Traceback" not in err, err
+    for p in parts:
+        assert p in lines[0], lines[0]
+    return lines[0]
+
+
+def _suggest(world, out, *extra, model=None):
+    tmp, ds_path, _ = world
+    return main(["suggest", "--model", str(model or tmp / "ml.pt"), "--data", str(ds_path), "--budget", "3",
+                 "--out", str(out), "--quiet", *extra])
+
+
+# ----------------------------------------------------------------------------------------------- suggest
+def test_suggest_labeled_lists_unknown_empty_or_header_only_are_one_line(world, tmp_path, capsys):
+    (tmp_path / "unknown.csv").write_text("image_id\nnot-an-image\n")
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("image_id\n")
+    for name, why in (("unknown", "1 image id(s) are not rows"), ("empty", "is empty"),
+                      ("header", "lists no image ids")):
+        assert _suggest(world, tmp_path / "o", "--labeled", str(tmp_path / f"{name}.csv")) == 2
+        _err(capsys, "suggest", why)
+    assert not (tmp_path / "o").exists()
+
+
+def test_finetune_empty_labeled_ids_is_one_line(world, tmp_path, capsys, mlflow_uri):
+    _, ds_path, _ = world
+    (tmp_path / "empty.csv").write_text("")
+    assert main(["finetune", "--data", str(ds_path), "--out", str(tmp_path / "ft"), "--quiet",
+                 f"labeled_ids={tmp_path / 'empty.csv'}", "train.device=cpu"]) == 2
+    _err(capsys, "finetune", "is empty")
+
+
+def test_suggest_refuses_a_model_of_another_image_size_or_class_list(world, tmp_path, capsys):
+    tmp, _, ds = world
+    torch.manual_seed(0)
+    m = calibrated(build_classifier("resnet18", "multilabel", num_classes=len(ds.classes)), ds.images)
+    save_model_file(tmp_path / "px64.pt", m, ModelInfo(ds.classes, "finetune", thresholds=[0.5] * len(ds.classes),
+                                                       preprocess=Preprocess({"size": 64}, input_size=32)))
+    assert _suggest(world, tmp_path / "o", model=tmp_path / "px64.pt") == 2
+    _err(capsys, "suggest", "cache images are 32 px", "reads 64 px")
+    three = ["liver", "kidney", "spleen"]
+    m3 = calibrated(build_classifier("resnet18", "multilabel", num_classes=3), ds.images)
+    save_model_file(tmp_path / "c3.pt", m3, ModelInfo(three, "finetune", thresholds=[0.5] * 3,
+                                                      preprocess=Preprocess({"size": 32}, input_size=32)))
+    assert _suggest(world, tmp_path / "o", model=tmp_path / "c3.pt") == 2
+    line = _err(capsys, "suggest", "other classes", "model 3", f"dataset {len(ds.classes)}")
+    assert "evaluate" not in line
+    assert not (tmp_path / "o").exists()
+
+
+def test_suggest_into_a_read_only_folder_is_one_line(world, tmp_path, capsys):
+    with read_only_dir(tmp_path / "ro") as ro:
+        for out in (ro, ro / "new"):
+            assert _suggest(world, out) == 2
+            _err(capsys, "suggest", "cannot write into --out", "Read-only file system")
+
+
+@pytest.mark.parametrize("cmd", ["suggest", "predict"])
+def test_stray_key_value_arguments_are_refused(world, tmp_path, capsys, cmd):
+    tmp, ds_path, _ = world
+    if cmd == "suggest":
+        rc = _suggest(world, tmp_path / "o", "budget=5")
+    else:
+        rc = main(["predict", "--model", str(tmp / "ml.pt"), "--input", str(tmp / "raw"), "--out",
+                   str(tmp_path / "p.csv"), "batch_size=8"])
+    assert rc == 2
+    _err(capsys, cmd, "batch_size=8" if cmd == "predict" else "budget=5", "takes no key=value")
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p.csv").exists()
+
+
+def test_suggest_seed_range(world, tmp_path, capsys):
+    assert _suggest(world, tmp_path / "o", "--seed", "-1") == 2
+    _err(capsys, "suggest", "--seed", "between 0 and")
+
+
+# ----------------------------------------------------------------------------------------------- messages
+def test_a_text_file_as_model_and_a_folder_as_config_say_what_they_are(world, tmp_path, capsys):
+    tmp, ds_path, _ = world
+    (tmp_path / "notes.txt").write_text("epochs: 5\n")
+    assert main(["predict", "--model", str(tmp_path / "notes.txt"), "--input", str(tmp / "raw"), "--out",
+                 str(tmp_path / "p.csv"), "--quiet"]) == 2
+    _err(capsys, "predict", "is not a usclf model file")
+    assert main(["finetune", "--config", str(tmp_path), "--data", str(ds_path), "--out", str(tmp_path / "o")]) == 2
+    _err(capsys, "finetune", "is a folder")
+
+
+# ----------------------------------------------------------------------------------------------- config typing
+@pytest.mark.parametrize("value", ["[1,2]", "{a: 1}", "null"])
+def test_a_list_or_mapping_where_a_number_is_expected_names_the_key(world, tmp_path, capsys, value):
+    _, ds_path, _ = world
+    assert main(["finetune", "--data", str(ds_path), "--out", str(tmp_path / "o"), f"train.epochs={value}"]) == 2
+    _err(capsys, "finetune", "train.epochs")
+    (tmp_path / "c.yaml").write_text(f"train:\n  optim:\n    lr: {value}\n")
+    assert main(["finetune", "--config", str(tmp_path / "c.yaml"), "--data", str(ds_path), "--out",
+                 str(tmp_path / "o")]) == 2
+    _err(capsys, "finetune", "train.optim.lr")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv", [["finetune", "--seed", "-1"], ["semisup", "--seed", "4294967296"],
+                                  ["finetune", "fraction_seed=-3"], ["pretrain", "--seed", "-1"]])
+def test_seeds_are_range_checked(world, tmp_path, capsys, argv):
+    _, ds_path, _ = world
+    assert main([argv[0], "--data", str(ds_path), "--out", str(tmp_path / "o"), *argv[1:]]) == 2
+    _err(capsys, argv[0], "seed", "between 0 and 4294967295")
+    assert not (tmp_path / "o").exists()
+
+
+def test_split_and_simulate_seeds_are_range_checked(world, tmp_path, capsys):
+    _, ds_path, _ = world
+    assert main(["simulate", "--exams", "2", "--out", str(tmp_path / "s"), "--seed", "-1"]) == 2
+    _err(capsys, "simulate", "between 0 and")
+    copy = tmp_path / "ds"
+    shutil.copytree(ds_path, copy)
+    assert main(["split", str(copy), "--seed", "-1"]) == 2
+    _err(capsys, "split", "between 0 and")
+
+
+# ----------------------------------------------------------------------------------------------- test means test
+@pytest.mark.parametrize("argv", [["finetune", "test_split=train"], ["semisup", "test_split=train"],
+                                  ["semisup", "test_split=unlabeled"], ["pretrain", "test_split=unlabeled"],
+                                  ["semisup", "test_split=extra", "unlabeled_splits=[unlabeled,extra]"]])
+def test_a_test_split_the_stage_trains_on_is_refused(world, tmp_path, capsys, argv):
+    _, ds_path, _ = world
+    assert main([argv[0], "--data", str(ds_path), "--out", str(tmp_path / "o"), *argv[1:]]) == 2
+    _err(capsys, argv[0], "test_split", "trains on")
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_held_out_split_passes_the_check():
+    from usclf.stages.stage_configs import FinetuneConfig, PretrainConfig, SemisupConfig, check_config
+
+    FinetuneConfig(test_split="test")
+    PretrainConfig(test_split="test")
+    check_config(SemisupConfig(test_split="test"))
