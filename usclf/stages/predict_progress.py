@@ -6,7 +6,6 @@ stops with one line instead of interleaving rows. The OS drops the lock when the
 """
 from __future__ import annotations
 
-import errno
 import math
 import os
 from contextlib import contextmanager
@@ -15,11 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import UsclfError
-
-try:
-    import fcntl
-except ImportError:         # not POSIX: runs are not locked against each other
-    fcntl = None
+from ..locks import lock_file
 
 LOCK = "lock"
 
@@ -49,27 +44,8 @@ def check_out(out: Path, exams: Path, state: Path) -> None:
 def output_lock(state: Path, out: Path) -> Iterator[None]:
     """Hold `<state>/lock` exclusively (non-blocking) while the body runs; UsclfError if another process holds it."""
     state.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:
+    with lock_file(state / LOCK, out, "predict"):
         yield
-        return
-    fd = os.open(state / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise UsclfError(f"{out} is being written by another usclf predict (pid {pid}); wait for it "
-                             "or choose another --out") from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-        except OSError:
-            pass            # the pid only improves a second run's message; a full disk must not stop this one
-        yield
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------- walk

@@ -3,10 +3,12 @@
 A stage (pretrain, finetune, semisup) supplies two functions: `build(ctx) -> StagePlan` (its rows, model,
 loader, step and what to log) and `finish(ctx, plan, result, tracker) -> Path` (its model file and report,
 called on the main process only). Everything else — distributed setup, opening the split, validating
-before anything is written, the run folder and config.yaml, the tracked run, fit and resume — lives here.
+before anything is written, the run folder's lock (one writer per --out: a second run stops before it
+writes config.yaml), the run folder and config.yaml, the tracked run, fit and resume — lives here.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,6 +16,8 @@ from typing import Any, Callable
 import torch
 
 from ..data.cache import CachedDataset
+from ..locks import output_lock
+from ..paths import check_out_dir
 from ..tracking import Tracker
 from ..train.distributed import DistInfo, get_dist_info, init_distributed
 from ..train.loop import TrainConfig, Trainer, TrainResult
@@ -56,13 +60,22 @@ def run_stage(cfg: Any, build: Callable[[StageContext], StagePlan],
     ds, dhash = open_split(cfg.data)
     ctx = StageContext(cfg, ds, dhash, dist, tracking_uri)
     plan = build(ctx)
-    ctx.out = prepare_run_dir(cfg, resume, write=dist.is_main)
-    path = ctx.out / "model.pt"
-    with Tracker(tracking_uri, cfg.experiment, plan.run_name, plan.params, plan.tags, parent_run_id,
-                 enabled=dist.is_main) as tracker:
-        plan.trainer = Trainer(plan.model, plan.train, plan.step, ctx.out / "checkpoints", tracker,
-                               on_epoch_end=plan.on_epoch_end)
-        result = plan.trainer.fit(plan.loader, resume=resume)
-        if dist.is_main:
-            path = finish(ctx, plan, result, tracker)
+    check_out_dir(cfg.out)
+    lock = output_lock(cfg.out, stage_command(cfg)) if dist.is_main else nullcontext()
+    with lock:  # one writer per run folder: a second run on it stops here, before config.yaml
+        ctx.out = prepare_run_dir(cfg, resume, write=dist.is_main)
+        path = ctx.out / "model.pt"
+        with Tracker(tracking_uri, cfg.experiment, plan.run_name, plan.params, plan.tags, parent_run_id,
+                     enabled=dist.is_main) as tracker:
+            plan.trainer = Trainer(plan.model, plan.train, plan.step, ctx.out / "checkpoints", tracker,
+                                   on_epoch_end=plan.on_epoch_end)
+            result = plan.trainer.fit(plan.loader, resume=resume)
+            if dist.is_main:
+                path = finish(ctx, plan, result, tracker)
     return path
+
+
+def stage_command(cfg: Any) -> str:
+    """'finetune' for a FinetuneConfig: the command named in a second run's lock message."""
+    name = type(cfg).__name__
+    return name[:-len("Config")].lower() if name.endswith("Config") else "training run"
