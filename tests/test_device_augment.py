@@ -22,10 +22,11 @@ def _image(h: int = 96, w: int = 96, seed: int = 0) -> np.ndarray:
     return img.clip(0, 255).astype(np.uint8)
 
 
-def _device(img: np.ndarray, kind: str, cfg: AugmentConfig, seeds) -> np.ndarray:
+def _device(img: np.ndarray, kind: str, cfg: AugmentConfig, seeds, kernels: str = "accel") -> np.ndarray:
+    """The device backend on the CPU; kernels='accel' runs the accelerator's (grid_sample, hashed noise)."""
     p = torch.from_numpy(np.stack([D.view_params(kind, cfg, s, *img.shape) for s in seeds]))
     raw = torch.from_numpy(img)[None].expand(len(seeds), -1, -1).contiguous()
-    return D.augment_batch(raw, p, cfg)[:, 0].numpy()
+    return D.augment_batch(raw, p, cfg, kernels=kernels)[:, 0].numpy()
 
 
 def _cpu(img: np.ndarray, kind: str, cfg: AugmentConfig, seeds) -> np.ndarray:
@@ -48,9 +49,13 @@ def test_backend_is_validated_and_defaults_to_cpu():
 def test_weak_views_match_the_cpu_backend_per_image(hflip):
     cfg = AugmentConfig(size=64, hflip=hflip)
     img, seeds = _image(), list(range(64))
-    d = np.abs(_levels(_cpu(img, "weak", cfg, seeds), cfg) - _levels(_device(img, "weak", cfg, seeds), cfg))
-    # same crop/rotation/shift/jitter/flip draws; pixels differ only by cv2's fixed-point interpolation
+    cpu = _cpu(img, "weak", cfg, seeds)
+    d = np.abs(_levels(cpu, cfg) - _levels(_device(img, "weak", cfg, seeds, "accel"), cfg))
+    # same crop/rotation/shift/jitter/flip draws; grid_sample differs from cv2's fixed-point interpolation
     assert d.max() <= 2.01 and d.mean() < 0.01
+    # the cv2 warp (default on a CPU device) gives the cpu backend's pixels
+    d = np.abs(_levels(cpu, cfg) - _levels(_device(img, "weak", cfg, seeds, "cpu"), cfg))
+    assert d.max() < 1e-3
 
 
 @pytest.mark.parametrize("name,values,op", [
@@ -80,18 +85,22 @@ def test_speckle_has_the_cpu_noise_statistics():
     ref = Speckle(sigma=(0.2, 0.2), p=1)(image=img)["image"].astype(np.float32) / 120
     p = torch.zeros(1, D.N_PARAMS)
     p[0, D.SPECKLE] = 0.2
-    dev = D._strong_op("speckle", torch.from_numpy(img).float()[None, None], p, torch.tensor([7]))[0, 0].numpy() / 120
-    assert abs(dev.mean() - ref.mean()) < 0.012 and abs(dev.std() - ref.std()) < 0.01
+    for kernels in ("accel", "cpu"):
+        dev = D._strong_op("speckle", torch.from_numpy(img).float()[None, None], p, torch.tensor([7]),
+                           kernels)[0, 0].numpy() / 120
+        assert abs(dev.mean() - ref.mean()) < 0.012 and abs(dev.std() - ref.std()) < 0.01
     z = D.hash_normal(torch.tensor([1, 2]), 50_000)
     assert abs(float(z.mean())) < 0.02 and abs(float(z.std()) - 1) < 0.02
     assert abs(float(torch.corrcoef(z)[0, 1])) < 0.02  # different seeds, independent noise
 
 
-def test_strong_views_match_the_cpu_backend_in_distribution():
+@pytest.mark.parametrize("kernels", ["accel", "cpu"])
+def test_strong_views_match_the_cpu_backend_in_distribution(kernels):
     cfg = AugmentConfig(size=48)
     seeds = list(range(300))
     for img in (_image(72, 72, 1), _image(72, 72, 2)):
-        cpu, dev = _levels(_cpu(img, "strong", cfg, seeds), cfg), _levels(_device(img, "strong", cfg, seeds), cfg)
+        cpu = _levels(_cpu(img, "strong", cfg, seeds), cfg)
+        dev = _levels(_device(img, "strong", cfg, seeds, kernels), cfg)
         stats = {  # per-view statistic -> (cpu, device) samples over seeds
             "brightness": (cpu.mean((1, 2)), dev.mean((1, 2))),
             "contrast": (cpu.std((1, 2)), dev.std((1, 2))),
@@ -109,7 +118,7 @@ def test_strong_draws_follow_the_configured_ranges():
     assert (p[:, D.OPS].sum(1) == cfg.strong_ops).all()
     assert np.allclose(p[:, D.OPS].mean(0), cfg.strong_ops / 6, atol=0.04)  # SomeOf: uniform choice
     assert abs(p[:, D.FLIP].mean() - 0.5) < 0.04
-    scale = np.abs(p[:, 0] * p[:, 4] - p[:, 1] * p[:, 3]) * 64 * 64 / (80 * 80)  # crop area / image area
+    scale = 64 * 64 / np.abs(p[:, 0] * p[:, 4] - p[:, 1] * p[:, 3]) / (80 * 80)  # crop area / image area
     assert scale.min() >= cfg.crop_scale[0] - 0.02 and scale.max() <= cfg.crop_scale[1] + 0.02
     # the cpu backend's crops (cv2 matrices of transforms.weak_params), from the same seeds
     cpu = [weak_params(80, 80, cfg, np.random.default_rng(s))[0] for s in range(2000)]
@@ -121,12 +130,13 @@ def test_strong_draws_follow_the_configured_ranges():
     assert not weak[:, D.OPS].any() and not weak[:, D.CUT].any()
 
 
-def test_device_views_are_deterministic_and_independent_of_the_batch():
+@pytest.mark.parametrize("kernels", ["accel", "cpu"])
+def test_device_views_are_deterministic_and_independent_of_the_batch(kernels):
     cfg = AugmentConfig(size=40)
     img = _image(60, 60)
-    a = _device(img, "strong", cfg, [5, 6, 7, 8])
-    b = _device(img, "strong", cfg, [5, 6, 7, 8])
-    c = _device(img, "strong", cfg, [99, 7, 5])
+    a = _device(img, "strong", cfg, [5, 6, 7, 8], kernels)
+    b = _device(img, "strong", cfg, [5, 6, 7, 8], kernels)
+    c = _device(img, "strong", cfg, [99, 7, 5], kernels)
     assert np.array_equal(a, b)
     assert np.array_equal(a[2], c[1]) and np.array_equal(a[0], c[2])
     assert not np.array_equal(a[0], a[1])

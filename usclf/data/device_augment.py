@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from .transforms import _STRONG_OP_NAMES, AugmentConfig, weak_params
 
 # Parameter vector layout (float64; the noise seed < 2**32 is exact).
-AFFINE = slice(0, 6)      # output pixel -> source pixel, 2 x 3 (inverse of cv2's matrix)
+AFFINE = slice(0, 6)      # source pixel -> output pixel, 2 x 3 (the cv2.warpAffine matrix of the cpu backend)
 ALPHA, BETA, FLIP = 6, 7, 8
 OPS = slice(9, 15)        # 1 where the strong op (in _STRONG_OP_NAMES order) is applied
 CONTRAST, GAMMA, KSIZE, SIGMA, SPECKLE, SHARP_A, SHARP_L, BITS = range(15, 23)
@@ -42,24 +43,25 @@ def view_params(kind: str, cfg: AugmentConfig, seed: int, h: int, w: int) -> np.
     rng = np.random.default_rng(int(seed) & 0xFFFFFFFFFFFFFFFF)
     p = np.zeros(N_PARAMS)
     m, alpha, beta, flip = weak_params(h, w, cfg, rng)
-    p[AFFINE] = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2].ravel()
+    p[AFFINE] = m.ravel()
     p[ALPHA], p[BETA], p[FLIP] = alpha, beta, float(flip)
-    if kind == "strong":
-        ops = np.zeros(len(_STRONG_OP_NAMES))
-        ops[rng.choice(len(_STRONG_OP_NAMES), size=cfg.strong_ops, replace=False)] = 1.0
-        p[OPS] = ops
-        p[CONTRAST] = 1.0 + rng.uniform(-0.4, 0.4)        # RandomBrightnessContrast(contrast_limit=0.4)
-        p[GAMMA] = rng.uniform(60, 160) / 100.0           # RandomGamma(gamma_limit=(60, 160))
-        p[KSIZE] = 3 if rng.integers(3, 6) == 3 else 5    # randint(3, 5), even sizes rounded up
-        p[SIGMA] = rng.uniform(0.3, 1.5)
-        p[SPECKLE] = rng.uniform(0.05, 0.25)              # Speckle(sigma=(0.05, 0.25))
-        p[SHARP_A], p[SHARP_L] = rng.uniform(0.2, 0.6), rng.uniform(0.8, 1.0)
-        p[BITS] = rng.integers(3, 7)                      # Posterize(num_bits=(3, 6))
-        s = cfg.size                                      # CoarseDropout, one hole, float size range
-        hh, hw = int(s * rng.uniform(*cfg.cutout)), int(s * rng.uniform(*cfg.cutout))
-        y0, x0 = int(rng.integers(0, s - hh + 1)), int(rng.integers(0, s - hw + 1))
+    if kind == "strong":  # one vectorised draw (per-call overhead dominates here), mapped to each range
+        u = rng.random(len(_STRONG_OP_NAMES) + 13)
+        n_ops = len(_STRONG_OP_NAMES)
+        p[OPS][np.argsort(u[:n_ops])[:cfg.strong_ops]] = 1.0  # SomeOf: a uniform subset, no replacement
+        c = u[n_ops:]
+        p[CONTRAST] = 1.0 + (-0.4 + 0.8 * c[0])            # RandomBrightnessContrast(contrast_limit=0.4)
+        p[GAMMA] = (60 + 100 * c[1]) / 100.0                # RandomGamma(gamma_limit=(60, 160))
+        p[KSIZE] = 3 if c[2] < 1 / 3 else 5                 # randint(3, 5), even sizes rounded up
+        p[SIGMA] = 0.3 + 1.2 * c[3]
+        p[SPECKLE] = 0.05 + 0.2 * c[4]                      # Speckle(sigma=(0.05, 0.25))
+        p[SHARP_A], p[SHARP_L] = 0.2 + 0.4 * c[5], 0.8 + 0.2 * c[6]
+        p[BITS] = 3 + min(int(4 * c[7]), 3)                 # Posterize(num_bits=(3, 6))
+        s, (lo, hi) = cfg.size, cfg.cutout                  # CoarseDropout, one hole, float size range
+        hh, hw = int(s * (lo + (hi - lo) * c[8])), int(s * (lo + (hi - lo) * c[9]))
+        y0, x0 = int(c[10] * (s - hh + 1)), int(c[11] * (s - hw + 1))
         p[CUT] = (x0, y0, x0 + hw, y0 + hh)
-    p[NOISE_SEED] = float(rng.integers(0, 2**32))
+        p[NOISE_SEED] = float(int(c[12] * 2**32))
     return p
 
 
@@ -77,14 +79,22 @@ def _fmix32(h: torch.Tensor) -> torch.Tensor:
 
 
 def hash_normal(seeds: torch.Tensor, n: int) -> torch.Tensor:
-    """B x n standard normals, a pure function of each row's uint32 seed (Box-Muller on hashed counters)."""
+    """B x n standard normals, a pure function of each row's uint32 seed: Box-Muller on one murmur3 hash
+    per (seed, counter), its high and low 16 bits as the two uniforms (|z| <= 4.9; ample for speckle)."""
     idx = torch.arange(n, device=seeds.device, dtype=torch.int64)[None]
     base = _fmix32((seeds.to(torch.int64)[:, None] * 0x9E3779B1 + 0x7F4A7C15) & _M32)
-    h1 = _fmix32((base + idx * 2) & _M32)
-    h2 = _fmix32(((base ^ 0x68E31DA4) + idx * 2 + 1) & _M32)
-    u1 = (h1.to(torch.float32) + 0.5) * (1.0 / 2**32)
-    u2 = h2.to(torch.float32) * (1.0 / 2**32)
+    h = _fmix32((base + idx) & _M32)
+    u1 = ((h >> 16).to(torch.float32) + 0.5) * (1.0 / 65536)
+    u2 = (h & 0xFFFF).to(torch.float32) * (1.0 / 65536)
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
+
+
+def _numpy_normal(seeds: torch.Tensor, n: int) -> torch.Tensor:
+    """B x n standard normals from numpy's generator seeded per row (the CPU kernel of `hash_normal`)."""
+    out = np.empty((len(seeds), n), np.float32)
+    for i, sd in enumerate(seeds.tolist()):
+        np.random.default_rng(sd).standard_normal(n, dtype=np.float32, out=out[i])
+    return torch.from_numpy(out)
 
 
 def _conv_per_image(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -107,7 +117,8 @@ def _gaussian_1d(ksize: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return g / g.sum(1, keepdim=True)
 
 
-def _strong_op(name: str, x: torch.Tensor, p: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+def _strong_op(name: str, x: torch.Tensor, p: torch.Tensor, seeds: torch.Tensor,
+               kernels: str = "accel") -> torch.Tensor:
     """One strong op on uint8-valued float images x (b x 1 x S x S) with per-image parameters p
     (float32) and noise seeds (int64)."""
     c = lambda i: p[:, i].view(-1, 1, 1, 1)  # noqa: E731
@@ -120,7 +131,7 @@ def _strong_op(name: str, x: torch.Tensor, p: torch.Tensor, seeds: torch.Tensor)
         return _q(_conv_per_image(x, g[:, :, None] * g[:, None, :]))
     if name == "speckle":    # clip(img * (1 + sigma * N(0, 1))) truncated to uint8
         s = x.shape[-1]
-        noise = hash_normal(seeds, s * s).view(-1, 1, s, s)
+        noise = (hash_normal(seeds, s * s) if kernels == "accel" else _numpy_normal(seeds, s * s)).view(-1, 1, s, s)
         return (x * (1.0 + c(SPECKLE) * noise)).clamp(0, 255).floor()
     if name == "sharpen":    # albumentations Sharpen(method="kernel") via cv2.filter2D, rounded
         a, light = p[:, SHARP_A], p[:, SHARP_L]
@@ -133,43 +144,80 @@ def _strong_op(name: str, x: torch.Tensor, p: torch.Tensor, seeds: torch.Tensor)
     raise ValueError(name)
 
 
-def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig) -> torch.Tensor:
-    """raw: B x H x W uint8 (any device); params: B x N_PARAMS (`view_params`) -> B x 1 x S x S float32."""
+def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
+                  kernels: str | None = None) -> torch.Tensor:
+    """raw: B x H x W uint8 (any device); params: B x N_PARAMS (`view_params`) -> B x 1 x S x S float32.
+
+    `kernels`: 'accel' (F.grid_sample warp, hashed speckle noise: what an accelerator runs) or 'cpu'
+    (cv2.warpAffine per image and numpy's normal generator: several times faster on a CPU, and the warp
+    is the cpu backend's own); default: 'cpu' on a CPU device, else 'accel'. Both are deterministic per
+    seed; tests/test_device_augment.py checks the 'accel' kernels on the CPU too.
+    """
+    kernels = kernels or ("cpu" if raw.device.type == "cpu" else "accel")
     dev, s = raw.device, cfg.size
     b, h, w = raw.shape
     sel = params[:, OPS].cpu() > 0  # which images get which strong op: decided on the host, no device sync
     has_cut = bool((params[:, CUT.start + 2] > params[:, CUT.start]).any())
     seeds = params[:, NOISE_SEED].to(torch.int64).to(dev, non_blocking=True)  # float32 cannot hold it
     p = params.to(torch.float32).to(dev, non_blocking=True)
-    # crop + rotation + shift: one bilinear grid_sample, zero border (cv2.warpAffine BORDER_CONSTANT)
-    ys, xs = torch.meshgrid(torch.arange(s, device=dev, dtype=torch.float32),
-                            torch.arange(s, device=dev, dtype=torch.float32), indexing="ij")
-    grid_in = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, s * s, 3)
-    src = grid_in @ p[:, AFFINE].view(b, 2, 3).transpose(1, 2)          # B x S*S x 2 source pixel coords
-    norm = torch.tensor([2.0 / w, 2.0 / h], device=dev)
-    grid = ((src + 0.5) * norm - 1.0).view(b, s, s, 2)
-    x = F.grid_sample(raw.to(torch.float32)[:, None], grid, mode="bilinear", padding_mode="zeros",
-                      align_corners=False)
-    x = _q(x)
-    x = (x * p[:, ALPHA].view(-1, 1, 1, 1) + p[:, BETA].view(-1, 1, 1, 1)).abs_()  # cv2.convertScaleAbs
-    x = _q(x)
-    flip = p[:, FLIP].view(-1, 1, 1, 1) > 0
-    x = torch.where(flip, x.flip(-1), x)
+    if kernels == "cpu":
+        x = _warp_cv2(raw, params.cpu(), s)
+    else:  # crop + rotation + shift (+ flip): one bilinear grid_sample, zero border (BORDER_CONSTANT)
+        theta = _sampling_theta(params.cpu(), s, h, w)
+        grid = F.affine_grid(theta.to(dev, non_blocking=True), [b, 1, s, s], align_corners=False)
+        x = F.grid_sample(raw[:, None].to(torch.float32), grid, mode="bilinear", padding_mode="zeros",
+                          align_corners=False)
+        x.round_()  # cv2 rounds the warp to uint8; a bilinear mix of 0..255 stays in range
+    # cv2.convertScaleAbs: saturate(|alpha * x + beta|)
+    x.mul_(p[:, ALPHA].view(-1, 1, 1, 1)).add_(p[:, BETA].view(-1, 1, 1, 1)).abs_().round_().clamp_(max=255)
     if bool(sel.any()):
         for j, name in enumerate(_STRONG_OP_NAMES):  # albumentations' SomeOf applies in list order
             idx = torch.nonzero(sel[:, j]).flatten()
             if len(idx) == 0:
                 continue
             idx = idx.to(dev, non_blocking=True)
-            out = _strong_op(name, x.index_select(0, idx), p.index_select(0, idx), seeds.index_select(0, idx))
-            x = x.index_copy(0, idx, out)
+            out = _strong_op(name, x.index_select(0, idx), p.index_select(0, idx), seeds.index_select(0, idx),
+                             kernels)
+            x.index_copy_(0, idx, out)
     if has_cut:  # CoarseDropout, fill 0
         cols = torch.arange(s, device=dev, dtype=torch.float32)
         cut = p[:, CUT]
         inx = (cols[None] >= cut[:, 0:1]) & (cols[None] < cut[:, 2:3])
         iny = (cols[None] >= cut[:, 1:2]) & (cols[None] < cut[:, 3:4])
         x = x.masked_fill((iny[:, :, None] & inx[:, None, :])[:, None], 0.0)
-    return x * (1.0 / (255.0 * cfg.std)) - cfg.mean / cfg.std
+    return x.mul_(1.0 / (255.0 * cfg.std)).add_(-cfg.mean / cfg.std)
+
+
+def _warp_cv2(raw: torch.Tensor, params: torch.Tensor, s: int) -> torch.Tensor:
+    """The warp of a CPU batch with cv2.warpAffine, image by image (flip folded into the matrix)."""
+    out = np.empty((len(raw), s, s), np.uint8)
+    src = raw.numpy()
+    mats = params[:, AFFINE].to(torch.float64).view(-1, 2, 3).numpy().copy()
+    flip = params[:, FLIP].numpy() > 0
+    mats[flip] = np.array([[-1.0, 0, s - 1], [0, 1, 0]]) @ np.concatenate(
+        [mats[flip], np.broadcast_to([[[0, 0, 1.0]]], (int(flip.sum()), 1, 3))], 1)
+    for i in range(len(src)):
+        cv2.warpAffine(src[i], mats[i], (s, s), dst=out[i], flags=cv2.INTER_LINEAR,
+                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return torch.from_numpy(out)[:, None].to(torch.float32)
+
+
+def _sampling_theta(params: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+    """B x 2 x 3 `affine_grid` matrices (align_corners=False) that sample, for every output pixel of the
+    s x s view, the source pixel cv2.warpAffine would (its matrix inverted), mirrored where FLIP is set.
+    Host-side float64 arithmetic on B 3 x 3 matrices."""
+    m = params[:, AFFINE].to(torch.float64).view(-1, 2, 3)
+    a, b_, c, d, e, f = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2], m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    det = a * e - b_ * d
+    one, zero = torch.ones_like(a), torch.zeros_like(a)
+    inv = torch.stack([torch.stack([e, -b_, b_ * f - c * e]) / det, torch.stack([-d, a, c * d - a * f]) / det,
+                       torch.stack([zero, zero, one])]).permute(2, 0, 1)        # output px -> source px
+    flip = params[:, FLIP].to(torch.float64) > 0
+    mirror = torch.eye(3, dtype=torch.float64).repeat(len(a), 1, 1)
+    mirror[flip, 0, 0], mirror[flip, 0, 2] = -1.0, s - 1.0                      # x -> s - 1 - x
+    out_px = torch.tensor([[s / 2, 0, (s - 1) / 2], [0, s / 2, (s - 1) / 2], [0, 0, 1]], dtype=torch.float64)
+    in_norm = torch.tensor([[2 / w, 0, 1 / w - 1], [0, 2 / h, 1 / h - 1], [0, 0, 1]], dtype=torch.float64)
+    return (in_norm @ inv @ mirror @ out_px)[:, :2].to(torch.float32)
 
 
 # ---------------------------------------------------------------------------------------- loader
