@@ -14,9 +14,11 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from conftest import simulated_dataset, tiny_disk
+from usclf.atomic_io import save_checkpoint
 from usclf.cli import main
 from usclf.data.cache import open_dataset
 from usclf.data.ingest import IngestConfig, ingest, read_labels_csv
@@ -224,3 +226,35 @@ def test_a_cache_that_fits_once_is_written_once(tmp_path):
         assert res.n_frames_kept == 100
         assert open_dataset(disk / "ds").images.shape == (100, 128, 128)
         shutil.rmtree(disk / "ds")
+
+
+def test_full_disk_during_a_checkpoint_write_keeps_the_previous_one(tmp_path):
+    """torch.save on a full disk raised RuntimeError('... unexpected pos ...'): now one UsclfError."""
+    with tiny_disk(tmp_path / "disk", 256) as disk:
+        save_checkpoint(disk / "last.pt", {"w": torch.ones(1000)})
+        before = (disk / "last.pt").read_bytes()
+        with pytest.raises(UsclfError, match=r"^no space left on device while writing the checkpoint .*last\.pt "
+                                             r"\(about 1 MB, \d+ kB free\); the partial file was removed"):
+            save_checkpoint(disk / "last.pt", {"w": torch.zeros(2**18)})
+        assert sorted(p.name for p in disk.iterdir()) == ["last.pt"]
+        assert (disk / "last.pt").read_bytes() == before
+
+
+def test_pretrain_on_a_full_disk_is_one_line_and_resumes_from_the_last_checkpoint(dataset, tmp_path, mlflow_uri):
+    base = ["pretrain", "--data", str(dataset), "--quiet", *TINY, "evaluate_after=false",
+            "model.backbone=test_resnet"]                                   # a 4.6 MB checkpoint
+    with tiny_disk(tmp_path / "disk", 16 * 1024) as disk:
+        out, last = disk / "run", disk / "run" / "checkpoints" / "last.pt"
+        assert main([*base, "--out", str(out)]) == 0                        # epoch 1 checkpointed
+        good = last.read_bytes()
+        first = torch.load(last, weights_only=True)
+        st = os.statvfs(disk)
+        (disk / "filler").write_bytes(b"\0" * (st.f_bavail * st.f_frsize - 256 * 1024))   # 256 kB left
+        r = _cli(*base, "--out", str(out), "--resume", "train.epochs=2")     # epoch 2's checkpoint cannot fit
+        _one_line_error(r, "no space left on device while writing the checkpoint", str(last), "--resume")
+        assert last.read_bytes() == good
+        assert [p.name for p in last.parent.iterdir()] == ["last.pt"]      # no partial temp file
+        (disk / "filler").unlink()
+        assert main([*base, "--out", str(out), "--resume", "train.epochs=2"]) == 0
+        ck = torch.load(last, weights_only=True)
+        assert (ck["epoch"], ck["step"]) == (first["epoch"] + 1, 2 * first["step"]) and (out / "model.pt").is_file()
