@@ -1,4 +1,4 @@
-"""MLflow tracking wrapper (DESIGN §6): one run per stage, nested runs for studies, no-op off rank 0.
+"""MLflow tracking wrapper (docs/design.md §7): one run per stage, nested runs for studies, no-op off rank 0.
 
 Default store: env `MLFLOW_TRACKING_URI`, else an embedded `sqlite:///<cwd>/mlflow.db`. With a sqlite
 store, artifacts go to `mlruns/` beside the DB file, never elsewhere.

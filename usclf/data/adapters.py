@@ -1,4 +1,4 @@
-"""Adapters that turn public data sets into the usclf dataset folder (DESIGN §3 "Adapters").
+"""Adapters that turn public data sets into the usclf dataset folder (docs/design.md §3.7).
 
 - `from_class_folders(root, out, size)`: ROOT/<class>/... image trees (single-label, no `other`);
 - `from_npz(npz_path, out, size)`: MedMNIST `.npz` (`train_images`, `train_labels`, ...) or

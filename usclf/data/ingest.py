@@ -39,10 +39,10 @@ SALT_ENV = "USCLF_PATIENT_SALT"
 
 @dataclass
 class IngestConfig:
-    size: int = 128                 # cache image size (square); DESIGN §3, CPU-friendly default
-    doppler_chroma: float = 40.0    # pixel "coloured" when max-min over RGB > this (DESIGN §3)
+    size: int = 128                 # cache image size (square); docs/design.md §3.1, CPU-friendly default
+    doppler_chroma: float = 40.0    # pixel "coloured" when max-min over RGB > this (docs/design.md §3.1)
     doppler_fraction: float = 0.01  # frame dropped as colour Doppler when > this fraction is coloured
-    crop: bool = True               # crop to scan region (DESIGN §3: burned-in text and chrome removed)
+    crop: bool = True               # crop to scan region (docs/design.md §3.1: burned-in text and chrome removed)
     resize: str = "pad"             # pad (keep the aspect ratio of the anatomy) | stretch (the pre-0.2 resize)
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))  # paper's 6 organs + other
     salt: str | None = None         # id-hash salt; None -> env USCLF_PATIENT_SALT, else random

@@ -1,4 +1,4 @@
-"""The manifest: one row per image/frame, the single description of a dataset (DESIGN section 3).
+"""The manifest: one row per image/frame, the single description of a dataset (docs/design.md §3.2).
 
 Columns: image_id, path, frame, exam_id, patient_id, split, one 0/1 column per class, optional
 vendor, study_date, pixel_spacing_mm, sha1, and `cache_row` (row of the uint8 cache) once ingested. Label columns are

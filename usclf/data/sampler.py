@@ -1,4 +1,4 @@
-"""Batch samplers (DESIGN section 3 "Exam-level batches", paper Sec. 3.2) and the DataLoader factory.
+"""Batch samplers (docs/design.md §3.5, paper Sec. 3.2) and the DataLoader factory.
 
 Both samplers yield lists of `(index, aug_seed)` pairs. `aug_seed` is a pure function of (sampler seed,
 epoch, rank, batch index, position in batch), so augmentations never depend on worker processes, and a

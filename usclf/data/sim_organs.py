@@ -1,4 +1,4 @@
-"""Drawing of one simulated ultrasound frame (DESIGN section 9): sector, organs, speckle, chrome, Doppler.
+"""Drawing of one simulated ultrasound frame (docs/design.md §11): sector, organs, speckle, chrome, Doppler.
 
 Not physics: just enough structure that organs differ in echogenicity, texture, shape and position,
 with exam-level (vendor, patient) variation, so clustering and classification methods can differ.

@@ -1,4 +1,4 @@
-"""`usclf simulate`: a fake PACS export of abdominal ultrasound exams + labels.csv (DESIGN section 9).
+"""`usclf simulate`: a fake PACS export of abdominal ultrasound exams + labels.csv (docs/design.md §11).
 
 For demos and tests only; results on it are never clinical results. Layout: `out/<exam>/<frame files>`
 and `out/labels.csv` (path, frame, exam_id, patient_id, one 0/1 column per class, doppler).
@@ -49,12 +49,12 @@ def _paper_freq() -> dict[str, float]:
 
 @dataclass
 class SimulateConfig:
-    """Simulator settings; defaults from DESIGN section 9 and the paper's test-set label counts."""
+    """Simulator settings; defaults from docs/design.md §11 and the paper's test-set label counts."""
     exams: int = 20
     patients: int | None = None          # None: ~0.7 * exams, so some patients have several exams
     size: int = 128                      # square export frame (pixels); the scan sector sits inside it
     format: str = "png"                  # png | dicom | mixed (png + jpg + dicom, chosen per exam)
-    frames_min: int = 8                  # DESIGN section 9: 8-16 frames per exam
+    frames_min: int = 8                  # docs/design.md §11: 8-16 frames per exam
     frames_max: int = 16
     doppler_rate: float = 0.05           # fraction of colour-Doppler frames (ingest drops them)
     classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))

@@ -1,4 +1,4 @@
-"""Patient-disjoint, label-stratified, seeded splits and nested label fractions (DESIGN section 3 "Splits").
+"""Patient-disjoint, label-stratified, seeded splits and nested label fractions (docs/design.md §3.4).
 
 Sizes are fractions of all exams (< 1) or exam counts (>= 1). With `labeled_only_for_eval` (default)
 train/val/test are drawn from patients that have labelled exams and `unlabeled` is filled with the
@@ -188,7 +188,7 @@ def assign_splits(df: pd.DataFrame, cfg: SplitConfig, classes: list[str]) -> pd.
 
 
 def _class_warnings(summary: dict, classes: list[str]) -> list[str]:
-    """One line per class without a positive image in a non-empty val or test split (DESIGN section 5)."""
+    """One line per class without a positive image in a non-empty val or test split (docs/design.md §6.2-6.3)."""
     why = {"val": "its threshold will be a fallback",
            "test": "its F1 is undefined and it is left out of the weighted average"}
     return [f"class {c} has no positive image in {s}: {why[s]}" for c in classes for s in ("val", "test")

@@ -1,4 +1,4 @@
-"""Label-stratified greedy draw of patient groups into splits with exam quotas (DESIGN section 3 "Splits").
+"""Label-stratified greedy draw of patient groups into splits with exam quotas (docs/design.md §3.4).
 
 The idea of scikit-learn's StratifiedGroupKFold with unequal bins of fixed size: units (patients, or exams)
 carrying the rarest classes are placed first; each goes to a bin that still has room, preferring a bin that

@@ -1,4 +1,4 @@
-"""Grayscale augmentations (DESIGN section 3 "Transforms"): `weak`, `strong` and `eval` pipelines.
+"""Grayscale augmentations (docs/design.md §3.6): `weak`, `strong` and `eval` pipelines.
 
 `build_transform(kind, cfg)` returns `fn(img_uint8_HxW, seed) -> float32 HxW`, normalised by
 `(x / 255 - mean) / std`. The output depends only on the image and the seed (never on worker processes
@@ -27,14 +27,14 @@ IMAGENET_GRAY_STD = float(np.mean([0.229, 0.224, 0.225]))
 @dataclass
 class AugmentConfig:
     """Augmentation and normalisation settings shared by every stage."""
-    size: int = 128                       # network input side (DESIGN section 3; cache may be larger)
-    crop_scale: tuple[float, float] = (0.8, 1.0)   # "small random-resized crop" (DESIGN section 3)
+    size: int = 128                       # network input side (docs/design.md §3.6; cache may be larger)
+    crop_scale: tuple[float, float] = (0.8, 1.0)   # "small random-resized crop" (docs/design.md §3.6)
     crop_ratio: tuple[float, float] = (0.9, 1.1)   # near-square: keeps organ shapes plausible
-    rotate: float = 10.0                  # degrees, "small rotation" (DESIGN section 3)
-    shift: float = 0.05                   # fraction of the side, "small shift" (DESIGN section 3)
-    brightness: float = 0.2               # gain/brightness jitter (DESIGN section 3)
+    rotate: float = 10.0                  # degrees, "small rotation" (docs/design.md §3.6)
+    shift: float = 0.05                   # fraction of the side, "small shift" (docs/design.md §3.6)
+    brightness: float = 0.2               # gain/brightness jitter (docs/design.md §3.6)
     contrast: float = 0.2
-    hflip: bool = False                   # off: anatomical side matters (DESIGN section 3)
+    hflip: bool = False                   # off: anatomical side matters (docs/design.md §3.6)
     strong_ops: int = 2                   # RandAugment N (FixMatch, Sohn et al. 2020: N=2)
     cutout: tuple[float, float] = (0.1, 0.3)  # CoarseDropout hole side, fraction of image (always last)
     mean: float = IMAGENET_GRAY_MEAN      # ImageNet mean averaged over RGB (timm in_chans=1 convention)

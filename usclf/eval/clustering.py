@@ -1,4 +1,4 @@
-"""Clustering metrics (DESIGN Sec. 5) and the label-combination vocabulary (paper 003 Sec. 2.2.3).
+"""Clustering metrics (docs/design.md §6.4) and the label-combination vocabulary (paper 003 Sec. 2.2.3).
 
 Multi-label data is scored against label combinations: each distinct 0/1 row is one "class".
 """

@@ -1,4 +1,4 @@
-"""DEC / IDEC clustering loss (Xie et al. 2016; DESIGN Sec. 4 baselines)."""
+"""DEC / IDEC clustering loss (Xie et al. 2016; docs/design.md §4.8)."""
 
 from __future__ import annotations
 

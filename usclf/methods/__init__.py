@@ -1,4 +1,4 @@
-"""Training-method registry: `name -> class`, one module per method (DESIGN §2 `methods/`).
+"""Training-method registry: `name -> class`, one module per method (docs/design.md §2).
 
 A semi-supervised method owns its options (a dataclass, the `options:` section of the semisup config,
 validated on load), the model head it needs, its step and any state that must be checkpointed.

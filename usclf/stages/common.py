@@ -21,7 +21,7 @@ class DataConfig:
     """Which dataset and how batches are drawn from it."""
     path: str = ""                       # dataset folder written by `usclf ingest`
     split_seed: int = 0                  # use manifest_split_seed<S>.csv written by ingest/split
-    max_images_per_exam: int | None = 16  # memory cap per exam (DESIGN section 3); paper exams have ~13 images
+    max_images_per_exam: int | None = 16  # memory cap per exam (docs/design.md §3.5); paper exams have ~13 images
     batch_size: int = 64                 # image-level batches (supervised steps, inference)
     workers: int = 0                     # DataLoader worker processes (0 = in the training process)
 

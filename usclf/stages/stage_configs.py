@@ -89,7 +89,7 @@ class SemisupConfig:
     lambda_u: float = 1.0                # FixMatch weight of the unlabelled loss
     mu: int = 7                          # FixMatch unlabelled:labelled ratio (images per step: mu * B)
     unlabeled_exams: int | None = None   # exams per unlabelled batch; null = round(mu * B / mean images per exam)
-    min_count: int = 1                   # two-head vocabulary: label sets seen >= min_count times (DESIGN §4)
+    min_count: int = 1                   # two-head vocabulary: label sets seen >= min_count times (docs/design.md §4.3)
     eval_every: int = 250                # steps between validations (not in the paper: 20 per 5000-step run)
     # Schedule rule (ours): with labeled_epochs E the run lasts max(train.max_steps, ceil(E * n_labelled / B))
     # steps, so the labelled stream gets at least the E epochs a supervised run would; null = train.max_steps.

@@ -44,16 +44,16 @@ class TrainConfig:
     epochs: int = 100             # paper Sec. 3.2: 100 epochs for unsupervised clustering
     max_steps: int | None = None  # paper Sec. 3.2: 5000 steps for semi-supervised; overrides epochs
     optim: OptimConfig = field(default_factory=OptimConfig)
-    amp: bool = True              # DESIGN §8: AMP on CUDA only (bf16 if supported, else fp16 + GradScaler)
-    channels_last: bool = True    # DESIGN §8: CUDA only
-    ckpt_every: int | None = 100  # DESIGN §11: checkpoint every N steps (and at each epoch end); null = epoch ends only
+    amp: bool = True              # docs/design.md §5: AMP on CUDA only (bf16 if supported, else fp16 + GradScaler)
+    channels_last: bool = True    # docs/design.md §5: CUDA only
+    ckpt_every: int | None = 100  # docs/design.md §5: checkpoint every N steps (and at each epoch end); null = epoch ends only
     ckpt_epochs: int = 1          # epoch-end checkpoint every N epochs (and the last); >1 for tiny epochs
     seed: int = 0
     device: str = "auto"          # auto = cuda:LOCAL_RANK if available, else cpu
     grad_clip: float | None = None
     log_every: int = 10           # steps between per-step metric logs
     progress: bool = True
-    ema: float | None = None      # DESIGN §4 FixMatch: 0.999 (Sohn et al.); None = off
+    ema: float | None = None      # docs/design.md §5, FixMatch: 0.999 (Sohn et al.); None = off
     patience: int | None = None   # paper Sec. 3.2: 7 for supervised fine-tuning; None = no early stop
     mode: str = "max"             # the hook's "metric" is better when larger (val weighted F1)
     restore_best: bool = True     # paper Sec. 3.2: supervised/semi-sup keep the best-val weights

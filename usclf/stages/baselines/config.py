@@ -24,7 +24,7 @@ METHODS = {
 
 @dataclass
 class FeatureConfig:
-    """Fixed features for k-means (paper 001, DESIGN section 4)."""
+    """Fixed features for k-means (paper 001, docs/design.md §4.8)."""
     pca_dims: int = 20          # PCA-20
     hog_cell: int = 8           # HOG 8x8-pixel cells ...
     hog_block: int = 2          # ... in 2x2-cell blocks
