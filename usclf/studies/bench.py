@@ -6,6 +6,7 @@
                                         # shape); naive decode-every-step loader vs the memory-mapped cache
     python pipelines/bench.py predict   # `usclf predict` images/s from files vs the model alone
     python pipelines/bench.py ingest    # ingest frames/s, PNG and DICOM, decoding in 0 / 1 / 2 / all-core workers
+    python pipelines/bench.py augment   # loader images/s, augment.backend=cpu vs device (usclf/studies/bench_device.py)
 Ratios are measured in one run, since these machines are noisy.
 """
 from __future__ import annotations
@@ -192,12 +193,19 @@ def step_rate_infer(size: int, batch: int) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["data", "pipeline", "predict", "ingest"], help="which benchmark to run")
+    p.add_argument("what", choices=["data", "pipeline", "predict", "ingest", "augment"], help="which benchmark to run")
     p.add_argument("--size", type=int, default=64, help="image size for pipeline/predict (default 64)")
     p.add_argument("--exams", type=int, default=40, help="simulated exams for the ingest/loader benchmark")
     p.add_argument("--batch", type=int, default=64, help="images per training step (two views each)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers for the loader benchmark")
+    p.add_argument("--rounds", type=int, default=2, help="augment: interleaved rounds per backend (best kept)")
+    p.add_argument("--seconds", type=float, default=2.0, help="augment: seconds per measurement")
+    p.add_argument("--threads", type=int, default=1, help="augment: torch intra-op threads")
     args = p.parse_args(argv)
+    if args.what == "augment":
+        from usclf.studies.bench_device import bench_augment
+        bench_augment(args)
+        return 0
     {"data": bench_data, "pipeline": bench_pipeline, "predict": bench_predict_cmd,
      "ingest": bench_ingest_workers}[args.what](args)
     return 0

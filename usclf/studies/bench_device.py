@@ -1,0 +1,111 @@
+"""Shared pieces of the device benchmarks: `pipelines/bench.py augment` and `pipelines/gpu_check.sh`.
+
+    python pipelines/bench.py augment   # loader images/s with augment.backend=cpu vs device, same data,
+                                        # same sampler seeds, interleaved rounds; ratios in one run
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from usclf.data.cache import open_dataset
+from usclf.data.dataset import UltrasoundDataset
+from usclf.data.ingest import IngestConfig, ingest
+from usclf.data.sampler import ExamBatchSampler, make_loader
+from usclf.data.simulate import SimulateConfig, simulate
+from usclf.data.transforms import AugmentConfig
+
+VIEWS = {"pretrain (weak+weak)": ("weak", "weak"), "semisup unlabelled (weak+strong)": ("weak", "strong")}
+
+
+def simulated_cache(tmp: Path, exams: int, size: int, seed: int = 1):
+    """Simulate `exams` exams at 1.25x `size` and ingest them into a `size` px cache; the open dataset."""
+    raw = tmp / f"raw{size}"
+    simulate(raw, SimulateConfig(exams=exams, size=int(size * 1.25), seed=seed), progress=False)
+    ingest(raw, tmp / f"ds{size}", raw / "labels.csv", IngestConfig(size=size), progress=False)
+    return open_dataset(tmp / f"ds{size}")
+
+
+def augment_loader(ds, size: int, views: tuple[str, ...], backend: str, exams_per_batch: int = 8,
+                   workers: int = 0, device: torch.device | str = "cpu", seed: int = 0) -> Any:
+    """The training loader (exam batches) of every image of `ds`, views made by `backend`."""
+    data = UltrasoundDataset(ds, None, views=views, aug=AugmentConfig(size=size, backend=backend))
+    loader = make_loader(data, ExamBatchSampler(data.exam_ids, exams_per_batch, 16, seed=seed), workers,
+                         pin_memory=True)
+    if callable(getattr(loader, "set_device", None)):
+        loader.set_device(device)
+    return loader
+
+
+def loader_epoch_rate(loader: Any, min_seconds: float, device: torch.device | str = "cpu") -> float:
+    """Source images/s of whole epochs of `loader`, views on `device` (synchronised), >= min_seconds."""
+    dev = torch.device(device)
+    n, epoch, t0 = 0, 0, time.perf_counter()
+    while True:
+        loader.batch_sampler.set_epoch(epoch)
+        for b in loader:
+            views = b["views"] if "views" in b else b["unlabeled"]["views"]
+            n += views[0].shape[0]
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        epoch += 1
+        if time.perf_counter() - t0 >= min_seconds:
+            return n / (time.perf_counter() - t0)
+
+
+class TimedLoader:
+    """Wraps a training loader; counts the images of the batches after the first `warmup` and the time
+    from handing out batch `warmup` to the end of iteration (the Trainer's `.item()` per step syncs the
+    device, so that time covers the steps). Other attributes are the wrapped loader's."""
+
+    def __init__(self, loader: Any, warmup: int, count: Any = None):
+        self.inner, self.warmup = loader, warmup
+        self.count = count or (lambda b: b["views"][0].shape[0])
+        self.images, self.seconds, self._t0 = 0, 0.0, None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["inner"], name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __iter__(self) -> Iterator[Any]:
+        for i, b in enumerate(self.inner):
+            if self._t0 is None and i >= self.warmup:
+                self._t0 = time.perf_counter()
+            elif self._t0 is not None:
+                self.images += self.count(b)
+            yield b
+        if self._t0 is not None:
+            self.seconds = time.perf_counter() - self._t0
+            self._t0 = None
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+def bench_augment(args) -> None:
+    """Loader images/s, augment.backend=cpu vs device on this machine's CPU, interleaved rounds (best of)."""
+    # One intra-op thread for both: the loader runs beside the training step, which owns the other cores.
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu, workers {args.workers}, "
+          f"{args.exams} simulated exams")
+    sizes = sorted({64, args.size})
+    with tempfile.TemporaryDirectory() as d:
+        ds = simulated_cache(Path(d), args.exams, max(sizes))
+        print(f"{'size':>5} {'views':<34} {'cpu backend':>14} {'device backend':>16} {'device/cpu':>11}")
+        for size in sizes:
+            for name, views in VIEWS.items():
+                loaders = {b: augment_loader(ds, size, views, b, workers=args.workers) for b in ("cpu", "device")}
+                best = {b: 0.0 for b in loaders}
+                for _ in range(args.rounds):  # interleaved: the machine's load drifts between rounds
+                    for b, ld in loaders.items():
+                        best[b] = max(best[b], loader_epoch_rate(ld, args.seconds))
+                print(f"{size:>5} {name:<34} {best['cpu']:>9.0f} im/s {best['device']:>11.0f} im/s "
+                      f"{best['device'] / best['cpu']:>10.2f}x")
+    print("images/s count source images (each yields two views); best of interleaved rounds per backend.")
