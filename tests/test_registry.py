@@ -12,7 +12,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from test_export_hardening import export, make_world, no_leftovers, one_line
+from test_export_hardening import _readonly, make_world, no_leftovers, one_line
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,15 @@ def test_unreachable_server_fails_within_seconds(world, tmp_path, capsys):
 def test_unwritable_sqlite_store(world, tmp_path, capsys):
     (tmp_path / "afile").write_text("a file, not a folder")
     rc, _, err = register(capsys, world.a, tmp_path / "e", f"sqlite:///{tmp_path / 'afile' / 'mlflow.db'}")
-    one_line(rc, err, "cannot write the MLflow store")
+    one_line(rc, err, "cannot write the MLflow store", "afile is a file, not a folder")
+    (tmp_path / "ro").mkdir()
+    undo = _readonly(tmp_path / "ro")
+    try:
+        rc, _, err = register(capsys, world.a, tmp_path / "e", f"sqlite:///{tmp_path / 'ro' / 'mlflow.db'}")
+        one_line(rc, err, "cannot write the MLflow store")
+        assert list((tmp_path / "ro").iterdir()) == []
+    finally:
+        undo()
     assert not (tmp_path / "e").exists()
 
 

@@ -121,6 +121,9 @@ def store_lock(uri: str | None, timeout: float = 600.0) -> Iterator[None]:
         yield
         return
     path = db.with_name(db.name + ".lock")
+    above = next((q for q in path.absolute().parents if os.path.lexists(q)), None)
+    if above is not None and not above.is_dir():
+        raise UsclfError(f"cannot write the MLflow store {uri}: {above} is a file, not a folder")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
