@@ -49,6 +49,12 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     semi = res[res["method"].str.startswith("semisup")]
     assert semi["mask_rate_end"].between(0, 1).all() and "pl_precision_end" in res.columns
     assert pd.read_csv(out / "pretrain.csv")["nmi"].between(0, 1).all()
+    # the per-split file cells are appended to: diagnostics added later stay its last columns
+    cols = list(pd.read_csv(out / "split0" / "train" / "results.csv").columns)
+    assert cols[-3:] == ["pl_recall_end", "pl_entry_acc_end", "pl_share_gap_end"]
+    # entry accuracy is measured wherever anything was accepted in the last window (NaN where nothing was)
+    assert ((semi["mask_rate_end"] > 0) == semi["pl_entry_acc_end"].between(0, 1)).all()
+    _assert_one_experiment(mlflow_uri, res)
     before = (out / "results.csv").read_bytes()
     assert ev.main(["--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet", f"out={out}"]) == 0
     assert (out / "results.csv").read_bytes() == before  # finished cells are skipped, not re-trained
@@ -58,6 +64,37 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     assert "Validation weighted F1" in text and "not run" in text  # the variant has no 100 % cell
     assert "Test F1 per class" in text and "| 50 % | supervised-dc |" in text
     assert "supervised-dc" in text and "paired" in text and "79.3" in text and (md.parent / "img").is_dir()
+
+
+def _assert_one_experiment(uri: str, res: pd.DataFrame) -> None:
+    """One experiment: the evidence parent, under it a pretrain and a train study parent per split seed, under
+    those the cells (tagged strategy, init, fraction, seed, split_seed); the top parent's test_f1/<strategy>
+    series (step = label %) is the mean over seeds x split seeds."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("evidence")
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])}
+    assert {e.name for e in client.search_experiments()} <= {"evidence", "Default"}
+    parent_of = {i: r.data.tags.get("mlflow.parentRunId") for i, r in runs.items()}
+    top = [i for i, p in parent_of.items() if p is None]
+    assert len(top) == 1
+    studies = {runs[i].data.tags["study"]: i for i, p in parent_of.items() if p == top[0]}
+    assert set(studies) == {f"evidence-{k}split{s}" for k in ("", "pretrain-") for s in (0, 1)}
+    cells = [r for i, r in runs.items() if parent_of[i] in studies.values()]
+    assert len(cells) == 2 + len(res)  # one LSD pretrain per split seed + the training cells
+    train = [r for r in cells if r.data.tags["stage"] != "pretrain"]
+    got = {(r.data.tags["strategy"], r.data.tags["init"], float(r.data.tags["fraction"]), r.data.tags["split_seed"],
+            r.data.metrics["fraction"]) for r in train}
+    assert got == {(m, "lsd", f, str(s), f) for m, f, s in res[["method", "fraction", "split_seed"]].itertuples(index=False)}
+    for i, r in runs.items():  # a cell's split seed is its study's
+        if parent_of[i] in studies.values():
+            assert runs[parent_of[i]].data.tags["study"].endswith(f"split{r.data.tags['split_seed']}")
+    hist = client.get_metric_history(top[0], "test_f1/supervised-dc")
+    want = res[res["method"] == "supervised-dc"].groupby("fraction")["f1"].mean()
+    assert sorted((m.step, round(m.value, 6)) for m in hist) == [(50, round(want[0.5], 6)), (100, round(want[1.0], 6))]
+    assert [m.step for m in client.get_metric_history(top[0], "test_f1/semisup-dc:fixmatch-twohead_t90")] == [50]
+    assert {"results.csv", "label_fractions.png"} <= {a.path for a in client.list_artifacts(top[0])}
 
 
 def test_study_command_lists_and_rejects(capsys):

@@ -35,6 +35,27 @@ def _runs(uri: str, experiment: str):
     return client, parents, children
 
 
+def assert_curve_structure(client, parent, children, strategies: dict, fractions: list, df: pd.DataFrame,
+                           split_seeds=("0",)) -> None:
+    """What the MLflow UI needs for label-fraction curves: every child nested under `parent` in its experiment,
+    tagged strategy / init / fraction / seed / split_seed with a numeric metric `fraction`; the parent's metric
+    test_f1/<strategy> is the mean test F1 per label percentage (its step), and the table and figure are there."""
+    assert {c.info.experiment_id for c in children} == {parent.info.experiment_id}
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    seen = set()
+    for c in children:
+        t = c.data.tags
+        assert t["init"] == strategies[t["strategy"]] and t["split_seed"] in split_seeds and t["seed"] == "0"
+        assert c.data.metrics["fraction"] == pytest.approx(float(t["fraction"]))
+        seen.add((t["strategy"], float(t["fraction"])))
+    assert seen == {(s, f) for s in strategies for f in fractions}
+    for s in strategies:
+        hist = client.get_metric_history(parent.info.run_id, f"test_f1/{s}")
+        want = df[df["method"] == s].groupby("fraction")["f1"].mean()
+        assert sorted((m.step, round(m.value, 6)) for m in hist) == \
+            sorted((round(f * 100), round(v, 6)) for f, v in want.items())
+
+
 def test_lambda_sensitivity_structure(dataset, tmp_path, mlflow_uri):
     mod = _load("lambda_sensitivity")
     cfg = mod.LambdaStudyConfig(data=str(dataset), out=str(tmp_path / "lam"), lambdas=[0.5, 2.0], seeds=[0],
@@ -71,11 +92,13 @@ def test_label_fraction_study_structure(dataset, tmp_path, mlflow_uri):
     assert len(parents) == 1 and len(children) == 6
     got = {(c.data.params["method"], c.data.params["init_kind"], float(c.data.params["fraction"]),
             c.data.params["seed"]) for c in children}
-    expected = {(m, i, f, "0") for m, i in [("supervised", "random"), ("supervised", "checkpoint"),
-                                             ("fixmatch-twohead", "checkpoint")] for f in (0.5, 1.0)}
-    assert got == expected
+    expected = {(m, i, f, "0") for m, i in [("supervised", "random"), ("supervised", "lsd"),
+                                             ("fixmatch-twohead", "lsd")] for f in (0.5, 1.0)}
+    assert got == expected  # a model-file init is named by its model file's method (lsd), not "checkpoint"
     arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert {"results.csv", "summary.csv", "label_fraction_study.png"} <= arts
+    assert_curve_structure(client, parents[0], children, {"supervised-random": "random", "supervised-dc": "lsd",
+                                                         "semisup-dc": "lsd"}, [0.5, 1.0], df)
     # re-running the study skips finished cells: no new child runs
     mod.run(cfg, mlflow_uri, progress=False)
     _, parents2, children2 = _runs(mlflow_uri, "label_fraction_study")

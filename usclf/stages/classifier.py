@@ -4,6 +4,7 @@ Both configs carry the fields `ClassifierStageConfig` names; `finish_classifier`
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,7 +16,7 @@ from ..data.manifest import read_image_ids
 from ..data.splits import label_fraction_mask
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
-from ..models.modelfile import ModelInfo
+from ..models.modelfile import ModelInfo, read_model_info
 from ..tracking import Tracker
 from ..train.distributed import get_dist_info
 from ..train.loop import TrainConfig, TrainResult
@@ -42,8 +43,20 @@ class ClassifierStageConfig(Protocol):
 
 
 def init_kind(init: str) -> str:
-    """'random', 'imagenet' or 'checkpoint' (a path): the short name studies group runs by."""
-    return init if init in ("random", "imagenet") else "checkpoint"
+    """'random', 'imagenet', or for a model file the method its model-file info names ('lsd', 'pica', ...;
+    'checkpoint' when it names none or cannot be read): the short name studies group runs by."""
+    if init in ("random", "imagenet"):
+        return init
+    p = Path(init)
+    try:
+        return _model_method(str(p.resolve()), p.stat().st_mtime_ns)
+    except (OSError, UsclfError):
+        return "checkpoint"
+
+
+@lru_cache(maxsize=16)
+def _model_method(path: str, mtime_ns: int) -> str:
+    return read_model_info(path).method or "checkpoint"
 
 
 def fraction_seed(cfg: ClassifierStageConfig) -> int:
@@ -90,7 +103,9 @@ def run_params(stage: str, method: str, cfg: ClassifierStageConfig, ctx: StageCo
 
 
 def run_tags(stage: str, method: str, cfg: ClassifierStageConfig) -> dict:
-    return {"stage": stage, "method": method, "init": init_kind(cfg.model.init), "fraction": cfg.label_fraction}
+    """What a study's runs are told apart by in the MLflow UI (init: random / imagenet / lsd / pica ...)."""
+    return {"stage": stage, "method": method, "init": init_kind(cfg.model.init), "fraction": cfg.label_fraction,
+            "seed": cfg.train.seed, "split_seed": cfg.data.split_seed}
 
 
 class ValidationF1:
@@ -134,6 +149,8 @@ def finish_classifier(model: torch.nn.Module, cfg: ClassifierStageConfig, ctx: S
     path = ev["model"]
     if result.best_metric is not None:
         tracker.log_metrics({"val/best_weighted_f1": result.best_metric})
+    if not cfg.labeled_ids:  # numeric, so the UI can sort, filter and plot by it (params are strings)
+        tracker.log_metrics({"fraction": cfg.label_fraction})
     tracker.log_artifact(out / "config.yaml")
     tracker.log_artifact(path, "model")
     return path, ev

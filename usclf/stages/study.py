@@ -3,6 +3,12 @@
 A study is a list of cells (dicts of params). `run_study` runs each cell through a stage function under
 the parent run, reads the cell's test metrics back, and logs the table (+ per-group mean / 95 % CI) and
 the figure to the parent. Finished cells are kept in OUT/results.csv, so a re-run skips them.
+
+In MLflow a study is one experiment: the parent run and its nested children (tag mlflow.parentRunId). Each
+child is tagged with its cell (strategy = the cell's first grouping key, fraction, seed, split seed; the
+stage itself tags init = random / imagenet / lsd / pica ...) and carries the fraction as a numeric metric
+`fraction`. Where the cells vary a label fraction, the parent logs per strategy the mean test F1 as the metric
+series `test_f1/<strategy>` whose step is the label percentage: the run's chart draws the curves.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from tqdm import tqdm
 from ..config import load_config
 from ..errors import UsclfError
 from ..eval.report import seeds_summary
-from ..tracking import Tracker
+from ..tracking import PARENT_TAG, Tracker, mlflow_key
 
 
 def cell_name(cell: dict) -> str:
@@ -43,18 +49,24 @@ def summarise(df: pd.DataFrame, by: list[str], value: str = "f1") -> pd.DataFram
 
 def run_study(name: str, out: Path, cells: list[dict], run_cell: Callable[[dict, Path, str], dict],
               by: list[str], plot: Callable[[pd.DataFrame, Path], Path] | None, params: dict,
-              tracking_uri: str | None = None, progress: bool = True) -> pd.DataFrame:
-    """Run every cell under one parent run; `run_cell(cell, cell_out, parent_run_id) -> {'f1': ...}`."""
+              tracking_uri: str | None = None, progress: bool = True, experiment: str | None = None,
+              parent_run_id: str | None = None, child_tags: dict | None = None) -> pd.DataFrame:
+    """Run every cell under one parent run; `run_cell(cell, cell_out, parent_run_id) -> {'f1': ...}`.
+    The parent goes to `experiment` (default `name`), which must be the experiment the stages log to, nested
+    under `parent_run_id` when given; `child_tags` (e.g. the split seed) tag every child beside its cell."""
     out.mkdir(parents=True, exist_ok=True)
     done_path = out / "results.csv"
     done = pd.read_csv(done_path) if done_path.is_file() else pd.DataFrame()
     rows = done.to_dict("records")
     finished = {cell_name({k: r[k] for k in cells[0]}) for r in rows} if cells and rows else set()
-    with Tracker(tracking_uri, name, f"{name}-study", params, {"study": name}) as parent:
+    with Tracker(tracking_uri, experiment or name, f"{name}-study", params, {"study": name},
+                 parent_run_id) as parent:
+        children = StudyChildren(parent)
         for cell in tqdm(cells, desc=name, unit="run", disable=not progress):
             if cell_name(cell) in finished:
                 continue
             res = run_cell(cell, out / "runs" / cell_name(cell), parent.run_id)
+            children.tag_new({**cell_tags(cell, by), **(child_tags or {})})
             rows.append({**cell, **res})
             pd.DataFrame(rows).to_csv(done_path, index=False)  # a re-run skips finished cells
         df = pd.DataFrame(rows)
@@ -62,10 +74,77 @@ def run_study(name: str, out: Path, cells: list[dict], run_cell: Callable[[dict,
         table.to_csv(out / "summary.csv", index=False)
         fig = plot(df, out / f"{name}.png") if plot is not None else None
         parent.log_metrics({f"mean_f1/{cell_name(dict(zip(by, r[by])))}": r["mean"] for _, r in table.iterrows()})
+        if len(by) == 2 and by[1] == "fraction":
+            log_fraction_curves(parent, df, by[0])
         for f in (done_path, out / "summary.csv", fig):
             if f is not None:
                 parent.log_artifact(f)
     return df
+
+
+def cell_tags(cell: dict, by: list[str]) -> dict:
+    """A child's study tags: strategy (the cell's first grouping key), fraction, seed, split seed."""
+    tags = {"strategy": cell[by[0]]} if by and by[0] in cell else {}
+    return {**tags, **{k: cell[k] for k in ("fraction", "seed", "split_seed") if k in cell}}
+
+
+def log_fraction_curves(tracker: Tracker, df: pd.DataFrame, strategy: str = "method", value: str = "f1",
+                        fraction: str = "fraction", prefix: str = "test_f1") -> dict[str, dict[int, float]]:
+    """Per strategy, the mean `value` over all rows (seeds, split seeds) at each label fraction as the metric
+    series `<prefix>/<strategy>` whose step is the label percentage (0.1 -> step 10): MLflow's line chart of
+    the parent run draws the label-fraction curves. Returns {metric: {step: mean}}."""
+    curves: dict[str, dict[int, float]] = {}
+    if df.empty or not {strategy, fraction, value} <= set(df.columns):
+        return curves
+    for (s, f), v in df.groupby([strategy, fraction], sort=True)[value].mean().items():
+        curves.setdefault(mlflow_key(f"{prefix}/{s}"), {})[int(round(float(f) * 100))] = float(v)
+    for key, points in curves.items():
+        for step, v in sorted(points.items()):
+            tracker.log_metrics({key: v}, step=step)
+    return curves
+
+
+class StudyChildren:
+    """Tags the children a study's parent run gained since the last call: the stages create them (with the
+    stage's own tags: method, init, fraction, seed) and the study adds what only it knows (strategy, split seed).
+    Tags fill in, never overwrite a stage's own; the fraction also becomes the numeric metric `fraction`."""
+
+    def __init__(self, parent: Tracker):
+        self.parent = parent
+        self.seen: set[str] = set()
+        self.client = None
+        if parent.enabled and parent.run_id is not None:
+            from mlflow.tracking import MlflowClient
+            self.client = MlflowClient(tracking_uri=parent.uri)
+            self.experiment_id = self.client.get_run(parent.run_id).info.experiment_id
+            self.seen = {r.info.run_id for r in self._children()}
+
+    def _children(self) -> list:
+        exps = [e.experiment_id for e in self.client.search_experiments()]
+        return self.client.search_runs(exps, f"tags.{PARENT_TAG} = '{self.parent.run_id}'", max_results=50000)
+
+    def tag_new(self, tags: dict) -> list[str]:
+        """Tag the children not seen before; returns their run ids."""
+        if self.client is None:
+            return []
+        from mlflow.entities import Metric, RunTag
+        new = [r for r in self._children() if r.info.run_id not in self.seen]
+        stray = {r.info.experiment_id for r in new} - {self.experiment_id}
+        if stray:  # the UI nests runs of one experiment only
+            print(f"warning: {len(new)} child run(s) of study run {self.parent.run_id} logged to another MLflow "
+                  "experiment than it: give the stages the study's experiment", file=sys.stderr)
+        for r in new:
+            add = {k: str(v) for k, v in tags.items() if k not in r.data.tags}
+            split = r.data.params.get("config.data.split_seed")
+            if "split_seed" not in r.data.tags and "split_seed" not in add and split is not None:
+                add["split_seed"] = split  # the stage's own split seed (a study over one split)
+            frac = tags.get("fraction", r.data.tags.get("fraction"))
+            metrics = []
+            if frac is not None and "fraction" not in r.data.metrics:
+                metrics = [Metric("fraction", float(frac), int(r.info.start_time or 0), 0)]
+            self.client.log_batch(r.info.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in add.items()])
+            self.seen.add(r.info.run_id)
+        return [r.info.run_id for r in new]
 
 
 def study_main(name: str, doc: str, cfg_cls, run: Callable, argv=None) -> int:

@@ -6,7 +6,9 @@
 Per split seed: a patient-disjoint, label-stratified split; PICA and LSD pretrained on its unlabelled exams
 (each over `pretrain_seeds`, scored by Algorithm 1 matching on val -> test); then every strategy at every
 fraction and training seed from the same LSD model (pretrain seed 0), with the same labelled subset per
-(fraction, seed) for every strategy. Each cell is a nested MLflow run; OUT holds results.csv,
+(fraction, seed) for every strategy. One MLflow experiment (`experiment`) holds it all: a parent run with the
+curves over split seeds (metric test_f1/<strategy>, step = label %), under it a parent per split seed's
+pretrain and train study, under those one run per cell. OUT holds results.csv,
 pretrain.csv, diagnostics.csv and the figure; `report=docs/results.md` writes the Markdown report.
 A re-run skips finished cells.
 """
@@ -26,11 +28,13 @@ from usclf.data.simulate import SimulateConfig, simulate
 from usclf.data.splits import SplitConfig, split_dataset
 from usclf.errors import UsclfError
 from usclf.eval.plots import plot_label_fraction_curves
+from usclf.eval.pseudo_diagnostics import window_summary
 from usclf.stages.cli_data import split_summary
 from usclf.stages.finetune import FinetuneConfig, finetune
 from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.semisup import SemisupConfig, semisup
-from usclf.stages.study import read_metrics, run_study, study_main
+from usclf.stages.study import log_fraction_curves, read_metrics, run_study, study_main
+from usclf.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,7 +103,8 @@ def prepare_data(cfg: EvidenceConfig, out: Path) -> Path:
     return data
 
 
-def _pretrain_cells(cfg: EvidenceConfig, data: Path, split_seed: int, out: Path, uri: str | None) -> pd.DataFrame:
+def _pretrain_cells(cfg: EvidenceConfig, data: Path, split_seed: int, out: Path, uri: str | None,
+                    top: str | None = None) -> pd.DataFrame:
     cells = [{"method": m, "seed": s} for m in cfg.pretrain_methods for s in cfg.pretrain_seeds]
 
     def run_cell(cell, cell_out, parent):
@@ -111,11 +116,12 @@ def _pretrain_cells(cfg: EvidenceConfig, data: Path, split_seed: int, out: Path,
         return {"f1": m["test/weighted_f1"], "nmi": m["test/nmi"], "acc": m["test/acc"], "ari": m["test/ari"]}
 
     return run_study(f"{cfg.experiment}-pretrain-split{split_seed}", out, cells, run_cell, ["method"],
-                     None, {"split_seed": split_seed}, uri, progress=False)
+                     None, {"split_seed": split_seed}, uri, progress=False, experiment=cfg.experiment,
+                     parent_run_id=top, child_tags={"split_seed": split_seed})
 
 
 def _train_cells(cfg: EvidenceConfig, data: Path, split_seed: int, dc_model: Path, out: Path,
-                 uri: str | None) -> pd.DataFrame:
+                 uri: str | None, top: str | None = None) -> pd.DataFrame:
     cells = [{"method": s, "fraction": f, "seed": seed} for s in cfg.strategies
              for f in cfg.strategy_fractions.get(s, cfg.fractions) for seed in cfg.seeds]
 
@@ -140,7 +146,8 @@ def _train_cells(cfg: EvidenceConfig, data: Path, split_seed: int, dc_model: Pat
 
     return run_study(f"{cfg.experiment}-split{split_seed}", out, cells, run_cell, ["method", "fraction"],
                      lambda d, png: plot_label_fraction_curves(d, png, f"split seed {split_seed}"),
-                     {"split_seed": split_seed, **to_dict(cfg)}, uri, progress=True)
+                     {"split_seed": split_seed, **to_dict(cfg)}, uri, progress=True, experiment=cfg.experiment,
+                     parent_run_id=top, child_tags={"split_seed": split_seed})
 
 
 def best_val_f1(cell_out: Path) -> float:
@@ -152,7 +159,9 @@ def best_val_f1(cell_out: Path) -> float:
 
 
 def _diag(cell_out: Path) -> dict:
-    """Last-window mask rate and pseudo-label precision/recall (micro over classes) of a semisup run."""
+    """Last-window mask rate and pseudo-label precision of the accepted positives, then (columns added later,
+    so they stay last in results.csv) recall, the accuracy of every accepted entry (negatives too) and the
+    gap between the accepted positives' class shares and the truth's (micro over classes) of a semisup run."""
     f = cell_out / "diagnostics" / "pseudo_labels.csv"
     if not f.is_file():
         return {}
@@ -160,8 +169,10 @@ def _diag(cell_out: Path) -> dict:
     last = d[d["step"] == d["step"].max()]
     acc = last["accepted"].sum()
     tp = (last["precision"].fillna(0) * last["accepted"]).sum()
+    w = window_summary(last)
     return {"mask_rate_end": float(last["mask_rate"].iloc[0]), "pl_precision_end": float(tp / acc) if acc else float("nan"),
-            "pl_accepted_end": int(acc)}
+            "pl_accepted_end": int(acc), "pl_recall_end": w["recall"], "pl_entry_acc_end": w["entry_acc"],
+            "pl_share_gap_end": w["share_gap"]}
 
 
 def run(cfg: EvidenceConfig, tracking_uri: str | None = None, progress: bool = True) -> pd.DataFrame:
@@ -177,20 +188,27 @@ def run(cfg: EvidenceConfig, tracking_uri: str | None = None, progress: bool = T
     t0 = time.time()
     data = prepare_data(cfg, out)
     results, pre = [], []
-    for ss in cfg.split_seeds:
-        split = split_dataset(data, SplitConfig(**{**to_dict(cfg.split), "seed": ss}))
-        print(f"split seed {ss}:\n{split_summary(split)}")
-        sdir = out / f"split{ss}"
-        p = _pretrain_cells(cfg, data, ss, sdir / "pretrain", tracking_uri)
-        pre.append(p.assign(split_seed=ss))
-        lsd = sdir / "pretrain" / "runs" / f"methodlsd-seed{cfg.pretrain_seeds[0]}" / "model.pt"
-        r = _train_cells(cfg, data, ss, lsd, sdir / "train", tracking_uri)
-        results.append(r.assign(split_seed=ss))
-    res, pre_df = pd.concat(results, ignore_index=True), pd.concat(pre, ignore_index=True)
-    res.to_csv(out / "results.csv", index=False)
-    pre_df.to_csv(out / "pretrain.csv", index=False)
-    runs = res.assign(seed=res["split_seed"] * 1000 + res["seed"])  # one point per (split, seed) pair
-    plot_label_fraction_curves(runs, out / "label_fractions.png", "test weighted F1 (mean, 95% CI over seeds x splits)")
+    # one MLflow experiment: this parent, a parent per split seed's pretrain and train study, their cells
+    with Tracker(tracking_uri, cfg.experiment, f"{cfg.experiment}-study", to_dict(cfg),
+                 {"study": cfg.experiment}) as top:
+        for ss in cfg.split_seeds:
+            split = split_dataset(data, SplitConfig(**{**to_dict(cfg.split), "seed": ss}))
+            print(f"split seed {ss}:\n{split_summary(split)}")
+            sdir = out / f"split{ss}"
+            p = _pretrain_cells(cfg, data, ss, sdir / "pretrain", tracking_uri, top.run_id)
+            pre.append(p.assign(split_seed=ss))
+            lsd = sdir / "pretrain" / "runs" / f"methodlsd-seed{cfg.pretrain_seeds[0]}" / "model.pt"
+            r = _train_cells(cfg, data, ss, lsd, sdir / "train", tracking_uri, top.run_id)
+            results.append(r.assign(split_seed=ss))
+        res, pre_df = pd.concat(results, ignore_index=True), pd.concat(pre, ignore_index=True)
+        res.to_csv(out / "results.csv", index=False)
+        pre_df.to_csv(out / "pretrain.csv", index=False)
+        runs = res.assign(seed=res["split_seed"] * 1000 + res["seed"])  # one point per (split, seed) pair
+        plot_label_fraction_curves(runs, out / "label_fractions.png",
+                                   "test weighted F1 (mean, 95% CI over seeds x splits)")
+        log_fraction_curves(top, res)  # test_f1/<strategy> at step = label %, mean over seeds x split seeds
+        for f in ("results.csv", "pretrain.csv", "label_fractions.png"):
+            top.log_artifact(out / f)
     if not (out / "wall_time.txt").is_file():  # a re-run that only skips finished cells keeps the first time
         (out / "wall_time.txt").write_text(f"{(time.time() - t0) / 60:.1f} min\n")
         (out / "machine.txt").write_text(machine_fingerprint() + "\n")
