@@ -58,14 +58,18 @@ def loader_epoch_rate(loader: Any, min_seconds: float, device: torch.device | st
 
 
 class TimedLoader:
-    """Wraps a training loader; counts the images of the batches after the first `warmup` and the time
-    from handing out batch `warmup` to the end of iteration (the Trainer's `.item()` per step syncs the
-    device, so that time covers the steps). Other attributes are the wrapped loader's."""
+    """Wraps a training loader and times the steps between batch `warmup` and the last batch fetched.
+
+    A step counts as done when the next batch is asked for, so the rate holds when the Trainer stops at
+    `max_steps` (mid-iteration) and covers the loader's time too; the Trainer's `.item()` on each loss
+    keeps the device in step. State carries over epochs. Other attributes are the wrapped loader's.
+    """
 
     def __init__(self, loader: Any, warmup: int, count: Any = None):
         self.inner, self.warmup = loader, warmup
         self.count = count or (lambda b: b["views"][0].shape[0])
-        self.images, self.seconds, self._t0 = 0, 0.0, None
+        self.images, self.seconds = 0, 0.0
+        self._i, self._t0, self._prev = 0, None, None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__dict__["inner"], name)
@@ -74,15 +78,16 @@ class TimedLoader:
         return len(self.inner)
 
     def __iter__(self) -> Iterator[Any]:
-        for i, b in enumerate(self.inner):
-            if self._t0 is None and i >= self.warmup:
-                self._t0 = time.perf_counter()
-            elif self._t0 is not None:
-                self.images += self.count(b)
+        for b in self.inner:
+            now = time.perf_counter()
+            if self._t0 is not None:
+                self.images += self.count(self._prev)
+                self.seconds = now - self._t0
+            elif self._i == self.warmup:
+                self._t0 = now
+            self._i += 1
+            self._prev = b
             yield b
-        if self._t0 is not None:
-            self.seconds = time.perf_counter() - self._t0
-            self._t0 = None
 
     @property
     def rate(self) -> float:
