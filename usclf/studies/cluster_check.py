@@ -27,6 +27,7 @@ from usclf.stages.cli_data import IngestStageConfig
 from usclf.stages.common import open_split, preprocess_meta
 from usclf.stages.evaluate import EvaluateConfig, evaluate
 from usclf.stages.pretrain import PretrainConfig, default_k, pretrain
+from usclf.studies.args import check_exams, check_positive
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -82,6 +83,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=10, help="pretraining epochs")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     args = p.parse_args(argv)
+    check_exams(args.exams)
+    check_positive("--size", args.size, 32, strict=False)
+    check_positive("--epochs", args.epochs, 1, strict=False)
+    check_positive("--lr", args.lr)
     df = run(Path(args.out), args.exams, args.size, args.epochs, args.lr)
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,6 +31,7 @@ from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.scoring import format_report
 from usclf.stages.semisup import SemisupConfig, semisup
 from usclf.stages.study import read_metrics
+from usclf.studies.args import check_exams, check_fractions, recreate_out
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STEPS = 6
@@ -43,7 +43,8 @@ def banner(i: int, text: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="demo_out", help="output folder (recreated)")
+    p.add_argument("--out", default="demo_out", help="output folder (recreated when it is an earlier demo's; "
+                   "a folder with other files is refused)")
     p.add_argument("--exams", type=int, default=120, help="simulated exams for training/evaluation")
     p.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.2], help="label fractions to train at")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -51,15 +52,18 @@ def main(argv=None) -> int:
                    help="extra overrides for every training stage (e.g. train.device=cpu)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    uri = f"sqlite:///{out / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
+    check_exams(args.exams)
+    check_fractions("--fractions", args.fractions)
     progress = not args.quiet
-    t0 = time.time()
     data = out / "dataset"
     common = [f"data.path={data}", f"train.progress={progress}", *args.overrides]
+    for cls, name in ((PretrainConfig, "pretrain_lsd_demo"), (FinetuneConfig, "finetune_demo"),
+                      (SemisupConfig, "semisup_demo")):   # the overrides, checked before anything is written
+        load_config(cls, CONFIGS / f"{name}.yaml", common)
+    recreate_out(out, legacy=("exams", "dataset", "mlflow.db"))
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    t0 = time.time()
 
     banner(1, "simulate exam folders (PNG + DICOM + JPEG, colour Doppler, burned-in text)")
     print(format_summary(simulate(out / "exams", SimulateConfig(exams=args.exams, size=96, format="mixed",

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 
+from usclf.errors import UsclfError
 from usclf.eval.report import seeds_summary
 from usclf.stages.study import cell_name
 
@@ -196,6 +197,13 @@ def main(argv=None) -> int:
     p.add_argument("--intro", default="", help="a file whose text goes before the tables")
     args = p.parse_args(argv)
     out = Path(args.out)
+    for r in args.run:   # every run folder checked before img/ or the report is written
+        if not (Path(r) / "results.csv").is_file() or not (Path(r) / "label_fractions.png").is_file():
+            raise UsclfError(f"--run {r} is not an evidence run folder (no results.csv / label_fractions.png)")
+    if args.intro and not Path(args.intro).is_file():
+        raise UsclfError(f"--intro {args.intro} not found")
+    if out.is_dir():
+        raise UsclfError(f"--out {out} is a folder; give the Markdown file to write")
     img_dir = out.parent / "img"
     img_dir.mkdir(parents=True, exist_ok=True)
     intro = Path(args.intro).read_text() if args.intro else ""

@@ -35,6 +35,9 @@ from usclf.stages.cli_data import IngestStageConfig, split_summary
 from usclf.stages.finetune import FinetuneConfig, finetune
 from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.semisup import SemisupConfig, semisup
+from usclf.errors import UsclfError
+from usclf.paths import check_out_dir
+from usclf.studies.args import check_exams, check_fractions, check_seeds
 from usclf.tracking import Tracker
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -87,7 +90,13 @@ def main(argv=None) -> int:
                    help="extra overrides for every finetune/semisup run (e.g. train.max_steps=200)")
     p.add_argument("--rerun", action="store_true", help="re-run arms/seeds already in OUT/results.json")
     args = p.parse_args(argv)
+    check_exams(args.exams)
+    check_fractions("--fraction", [args.fraction])
+    check_seeds("--seeds", args.seeds)
+    if args.lsd and not Path(args.lsd).is_file():
+        raise UsclfError(f"--lsd {args.lsd} not found")
     out = Path(args.out).resolve()
+    check_out_dir(out)
     out.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{out / 'mlflow.db'}"
     t0 = time.time()
