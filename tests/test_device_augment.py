@@ -165,3 +165,22 @@ def test_dataset_and_loader_make_views_on_the_device(tmp_path):
     lv = (cpu["views"][0] - dev["views"][0]).abs() * 255 * AugmentConfig().std
     assert float(lv.max()) <= 2.01  # weak: same draws, same pixels up to rounding
     assert all(v.dtype == torch.float32 for v in dev["views"])
+
+
+@pytest.mark.slow  # ~30 s of CPU, but a stage run with MLflow: > 60 s on the loaded 2-core CI machine
+def test_semisup_stage_trains_with_the_device_backend(tmp_path, mlflow_uri, monkeypatch):
+    from conftest import simulated_dataset
+    from usclf.cli import main
+    from usclf.models.modelfile import load_model_file
+    calls = []
+    real = D.augment_batch
+    monkeypatch.setattr(D, "augment_batch", lambda raw, *a, **k: calls.append(raw.shape) or real(raw, *a, **k))
+    dataset = simulated_dataset(tmp_path / "d", 8, seed=2, fractions=(0.4, 0.3, 0.15, 0.15))
+    out = tmp_path / "ss"
+    assert main(["semisup", "--config", "configs/semisup_demo.yaml", "--heads", "two", "--data", str(dataset),
+                 "--out", str(out), "--label-fraction", "1.0", "--quiet", "augment.size=32", "augment.backend=device",
+                 "data.batch_size=4", "figures=false", "mu=2", "eval_every=2", "train.max_steps=2",
+                 "model.init=random"]) == 0
+    model, meta = load_model_file(out / "model.pt")
+    assert meta.stage == "semisup"
+    assert len(calls) >= 2 * 3  # 2 steps x (labelled weak + unlabelled weak + strong) views made by the backend
