@@ -156,3 +156,22 @@ def test_the_held_out_split_passes_the_check():
     FinetuneConfig(test_split="test")
     PretrainConfig(test_split="test")
     check_config(SemisupConfig(test_split="test"))
+
+
+# ----------------------------------------------------------------------------------------------- one writer
+def test_a_second_suggest_into_one_out_stops_before_its_inference(world, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from usclf.locks import output_lock
+
+    tmp, ds_path, _ = world
+    out = tmp_path / "o"
+    with output_lock(out, "suggest"):               # a first suggest (this process) is writing --out
+        r = subprocess.run([sys.executable, "-m", "usclf.cli", "suggest", "--model", str(tmp / "ml.pt"), "--data",
+                            str(ds_path), "--budget", "3", "--out", str(out), "--quiet"], capture_output=True,
+                           text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "is being written by another usclf suggest (pid" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()

@@ -107,3 +107,11 @@ def test_evidence_report_of_a_missing_run_leaves_no_img_folder(study, tmp_path):
     r = study("evidence-report", "--run", str(tmp_path / "missing"), "--out", str(out))
     _one_line(r, "evidence-report", "missing")
     assert list(out.parent.iterdir()) == []
+
+
+def test_a_second_study_into_one_out_is_one_line(study, tmp_path):
+    from usclf.locks import output_lock
+
+    with output_lock(tmp_path / "cc", "study cluster-check"):     # a first study holds --out
+        r = study("cluster-check", "--out", str(tmp_path / "cc"), "--exams", "0")
+    _one_line(r, "cluster-check", "is being written by another usclf study cluster-check")

@@ -20,6 +20,7 @@ from ..config import check_seed
 from ..data.manifest import read_image_ids
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
+from ..locks import output_lock
 from ..models.modelfile import load_model_file
 from .common import DataConfig, infer, open_split
 from .writable import check_writable_dir
@@ -116,21 +117,23 @@ def suggest(model: str | Path, data: str | Path, budget: int, out: str | Path, c
         raise UsclfError(f"no unlabelled frames in split(s) {', '.join(pool_splits)} of {data}")
     rows = np.flatnonzero(pool | lab)
     check_writable_dir(out)
-    cands = frame_facts(model, ds, rows, lab[rows], clusters, batch_size, progress)
-    picks = select_frames(cands, budget, strategy, cover, dup_corr, seed)
-    man = ds.manifest.iloc[rows[[p.index for p in picks]]]
-    df = pd.DataFrame({"rank": np.arange(1, len(picks) + 1), "image_id": man["image_id"].astype(str).to_numpy(),
-                       "path": man["path"].astype(str).to_numpy(), "frame": man["frame"].to_numpy(),
-                       "exam_id": man["exam_id"].astype(str).to_numpy(), "reason": [p.reason for p in picks],
-                       "score": [round(p.score, 6) for p in picks],
-                       "cluster": [int(cands.cluster[p.index]) for p in picks]}, columns=COLUMNS)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / ".suggestions.csv.tmp"
-        df.to_csv(tmp, index=False)
-        tmp.replace(out / "suggestions.csv")
-        html = suggestion_page(df, ds.images[man["cache_row"].to_numpy()], out,
-                               title=f"{len(df)} frames to label next ({strategy})")
-    except OSError as e:
-        raise UsclfError(f"cannot write into --out {out}: {e.strerror or e}") from None
-    return SuggestResult(out / "suggestions.csv", html, len(df), int(pool.sum()), int(lab.sum()))
+    with output_lock(out, "suggest"):   # one writer per --out: a second suggest stops before any inference
+        cands = frame_facts(model, ds, rows, lab[rows], clusters, batch_size, progress)
+        picks = select_frames(cands, budget, strategy, cover, dup_corr, seed)
+        man = ds.manifest.iloc[rows[[p.index for p in picks]]]
+        df = pd.DataFrame({"rank": np.arange(1, len(picks) + 1),
+                           "image_id": man["image_id"].astype(str).to_numpy(),
+                           "path": man["path"].astype(str).to_numpy(), "frame": man["frame"].to_numpy(),
+                           "exam_id": man["exam_id"].astype(str).to_numpy(), "reason": [p.reason for p in picks],
+                           "score": [round(p.score, 6) for p in picks],
+                           "cluster": [int(cands.cluster[p.index]) for p in picks]}, columns=COLUMNS)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            tmp = out / ".suggestions.csv.tmp"
+            df.to_csv(tmp, index=False)
+            tmp.replace(out / "suggestions.csv")
+            html = suggestion_page(df, ds.images[man["cache_row"].to_numpy()], out,
+                                   title=f"{len(df)} frames to label next ({strategy})")
+        except OSError as e:
+            raise UsclfError(f"cannot write into --out {out}: {e.strerror or e}") from None
+        return SuggestResult(out / "suggestions.csv", html, len(df), int(pool.sum()), int(lab.sum()))
