@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from ..errors import UsclfError
 from .cache import IMAGES, CachedDataset
+from .device_augment import view_params
 from .transforms import KINDS, AugmentConfig, build_transform
 
 
@@ -78,7 +79,6 @@ class UltrasoundDataset(Dataset):
             i, aug_seed, kinds = int(item), 0, ("eval",)
         img = self.images[self.cache_rows[i]]  # one H x W view of the memmap, read on demand
         if self.aug.backend == "device" and kinds != ("eval",):
-            from .device_augment import view_params
             h, w = img.shape
             aug = np.stack([view_params(k, self.aug, view_seed(aug_seed, j), h, w) for j, k in enumerate(kinds)])
             return {"raw": torch.from_numpy(np.array(img, dtype=np.uint8)), "aug": torch.from_numpy(aug),

@@ -160,7 +160,7 @@ def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
     has_cut = bool((params[:, CUT.start + 2] > params[:, CUT.start]).any())
     seeds = params[:, NOISE_SEED].to(torch.int64).to(dev, non_blocking=True)  # float32 cannot hold it
     p = params.to(torch.float32).to(dev, non_blocking=True)
-    if kernels == "cpu":
+    if kernels == "cpu":  # warp + gain/brightness per image with cv2 (the cpu backend's own calls)
         x = _warp_cv2(raw, params.cpu(), s)
     else:  # crop + rotation + shift (+ flip): one bilinear grid_sample, zero border (BORDER_CONSTANT)
         theta = _sampling_theta(params.cpu(), s, h, w)
@@ -168,8 +168,8 @@ def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
         x = F.grid_sample(raw[:, None].to(torch.float32), grid, mode="bilinear", padding_mode="zeros",
                           align_corners=False)
         x.round_()  # cv2 rounds the warp to uint8; a bilinear mix of 0..255 stays in range
-    # cv2.convertScaleAbs: saturate(|alpha * x + beta|)
-    x.mul_(p[:, ALPHA].view(-1, 1, 1, 1)).add_(p[:, BETA].view(-1, 1, 1, 1)).abs_().round_().clamp_(max=255)
+        # cv2.convertScaleAbs: saturate(|alpha * x + beta|)
+        x.mul_(p[:, ALPHA].view(-1, 1, 1, 1)).add_(p[:, BETA].view(-1, 1, 1, 1)).abs_().round_().clamp_(max=255)
     if bool(sel.any()):
         for j, name in enumerate(_STRONG_OP_NAMES):  # albumentations' SomeOf applies in list order
             idx = torch.nonzero(sel[:, j]).flatten()
@@ -189,16 +189,20 @@ def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
 
 
 def _warp_cv2(raw: torch.Tensor, params: torch.Tensor, s: int) -> torch.Tensor:
-    """The warp of a CPU batch with cv2.warpAffine, image by image (flip folded into the matrix)."""
+    """Warp (cv2.warpAffine, flip folded into the matrix) and gain/brightness (cv2.convertScaleAbs) of a
+    CPU batch, image by image: exactly the cpu backend's pixels."""
     out = np.empty((len(raw), s, s), np.uint8)
     src = raw.numpy()
-    mats = params[:, AFFINE].to(torch.float64).view(-1, 2, 3).numpy().copy()
-    flip = params[:, FLIP].numpy() > 0
+    p = params.to(torch.float64).numpy()
+    mats = p[:, AFFINE].reshape(-1, 2, 3).copy()
+    flip = p[:, FLIP] > 0
     mats[flip] = np.array([[-1.0, 0, s - 1], [0, 1, 0]]) @ np.concatenate(
         [mats[flip], np.broadcast_to([[[0, 0, 1.0]]], (int(flip.sum()), 1, 3))], 1)
+    tmp = np.empty((s, s), np.uint8)
     for i in range(len(src)):
-        cv2.warpAffine(src[i], mats[i], (s, s), dst=out[i], flags=cv2.INTER_LINEAR,
+        cv2.warpAffine(src[i], mats[i], (s, s), dst=tmp, flags=cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        cv2.convertScaleAbs(tmp, dst=out[i], alpha=float(p[i, ALPHA]), beta=float(p[i, BETA]))
     return torch.from_numpy(out)[:, None].to(torch.float32)
 
 
