@@ -87,17 +87,24 @@ def pretrain_table(pre: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+DIAG_EXTRA = {"pl_recall_end": "recall of the truly positive entries", "pl_entry_acc_end":
+              "accuracy of every accepted entry (positives and negatives)", "pl_share_gap_end":
+              "class-share gap of the accepted positives vs the truth (0 = same shares)"}
+
+
 def diag_table(res: pd.DataFrame) -> str:
     cols = [c for c in ("mask_rate_end", "pl_precision_end", "pl_accepted_end") if c in res.columns]
     if not cols:
         return "(no semi-supervised runs)"
-    d = res[res["method"].str.startswith("semisup")].groupby(["method", "fraction"])[cols].mean().reset_index()
+    extra = [c for c in DIAG_EXTRA if c in res.columns and res[c].notna().any()]  # runs before they existed: none
+    d = res[res["method"].str.startswith("semisup")].groupby(["method", "fraction"])[cols + extra].mean().reset_index()
     lines = ["| strategy | fraction | mask rate (last window) | pseudo-label precision (last window) | "
-             "accepted positive labels (last window) |", "|---|---|---|---|---|"]
+             "accepted positive labels (last window) |" + "".join(f" {DIAG_EXTRA[c]} |" for c in extra),
+             "|---|---|---|---|---|" + "---|" * len(extra)]
     for _, r in d.iterrows():
         prec = f"{r['pl_precision_end']:.2f}" if "pl_precision_end" in r else "n/a (no truth)"
         lines.append(f"| {r['method']} | {r['fraction'] * 100:g} % | {r.get('mask_rate_end', np.nan):.2f} | "
-                     f"{prec} | {r.get('pl_accepted_end', np.nan):.0f} |")
+                     f"{prec} | {r.get('pl_accepted_end', np.nan):.0f} |" + "".join(f" {r[c]:.2f} |" for c in extra))
     return "\n".join(lines)
 
 
@@ -111,17 +118,30 @@ def per_class_table(run: Path, res: pd.DataFrame) -> str:
         return ""
     full = pd.read_csv(manifest)
     rows = []
+    counts = ["tp", "truth_pos", "judged", "right"]  # written by runs since entry accuracy exists
     for m, fs in files.items():
         d = pd.concat([pd.read_csv(f) for f in fs])
-        d["tp"] = d["precision"].fillna(0) * d["accepted"]
-        g = d.groupby("class", sort=False)[["accepted", "tp"]].sum()
+        new = set(counts) <= set(d.columns) and d[counts].notna().all().all()
+        if not new:
+            d["tp"] = d["precision"].fillna(0) * d["accepted"]
+        g = d.groupby("class", sort=False)[["accepted", "tp"] + (counts[1:] if new else [])].sum()
         for c, r in g.iterrows():
             share = float(pd.to_numeric(full[c], errors="coerce").mean()) if c in full.columns else np.nan
             prec = r["tp"] / r["accepted"] if r["accepted"] else np.nan
-            rows.append(f"| {m} | {c} | {int(r['accepted'])} | {prec:.2f} | {share:.2f} |")
+            row = f"| {m} | {c} | {int(r['accepted'])} | {prec:.2f} | {share:.2f} |"
+            if new:
+                rows.append(row + f" {_r(r['tp'], r['truth_pos'])} | {_r(r['right'], r['judged'])} | "
+                            f"{_r(r['accepted'], g['accepted'].sum())} | {_r(r['truth_pos'], g['truth_pos'].sum())} |")
+            else:
+                rows.append(row + " n/a | n/a | n/a | n/a |")
     head = ["| strategy | class | accepted positive pseudo-labels (all runs) | precision | share of frames with "
-            "the class |", "|---|---|---|---|---|"]
+            "the class | recall | entry accuracy (positives and negatives) | share of the accepted positives | "
+            "share of the truly positive entries |", "|---|---|---|---|---|---|---|---|---|"]
     return "\n".join(head + rows)
+
+
+def _r(a, b) -> str:
+    return f"{a / b:.2f}" if b else "n/a"
 
 
 def class_f1_table(run: Path, res: pd.DataFrame) -> str:
