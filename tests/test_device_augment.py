@@ -59,8 +59,9 @@ def test_weak_views_match_the_cpu_backend_per_image(hflip):
 
 
 @pytest.mark.parametrize("name,values,op", [
-    ("contrast", {"CONTRAST": 1.3}, A.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(0.3, 0.3), p=1)),
-    ("contrast", {"CONTRAST": 0.65}, A.RandomBrightnessContrast(brightness_limit=(0, 0), contrast_limit=(-0.35, -0.35), p=1)),
+    ("contrast", {"CONTRAST": 1.3}, A.RandomBrightnessContrast(brightness_limit=0, contrast_limit=(0.3, 0.3), p=1)),
+    ("contrast", {"CONTRAST": 0.65}, A.RandomBrightnessContrast(brightness_limit=0, contrast_limit=(-0.35, -0.35),
+                                                                 p=1)),
     ("gamma", {"GAMMA": 0.7}, A.RandomGamma(gamma_limit=(70, 70), p=1)),
     ("gamma", {"GAMMA": 1.5}, A.RandomGamma(gamma_limit=(150, 150), p=1)),
     ("blur", {"KSIZE": 3, "SIGMA": 0.8}, A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(0.8, 0.8), p=1)),
