@@ -185,3 +185,32 @@ def test_semisup_stage_trains_with_the_device_backend(tmp_path, mlflow_uri, monk
     model, meta = load_model_file(out / "model.pt")
     assert meta.stage == "semisup"
     assert len(calls) >= 2 * 3  # 2 steps x (labelled weak + unlabelled weak + strong) views made by the backend
+
+
+def test_device_loader_resumes_mid_epoch_and_ignores_workers(tmp_path):
+    """The resume contract holds with the device backend: a sampler restored mid-epoch yields the
+    uninterrupted run's remaining batches, views included; worker processes change nothing."""
+    from conftest import simulated_dataset
+    from usclf.data.cache import open_dataset
+    from usclf.data.dataset import UltrasoundDataset
+    from usclf.data.sampler import ExamBatchSampler, make_loader
+    ds = open_dataset(simulated_dataset(tmp_path, 4, seed=1))
+    data = UltrasoundDataset(ds, None, views=("weak", "strong"), aug=AugmentConfig(size=32, backend="device"))
+
+    def batches(workers: int = 0, state: dict | None = None) -> list:
+        sampler = ExamBatchSampler(data.exam_ids, 1, seed=4)
+        sampler.set_epoch(1)
+        if state:
+            sampler.load_state_dict(state)
+        loader = make_loader(data, sampler, workers)
+        loader.set_device("cpu")
+        return list(loader)
+
+    def same(a: dict, b: dict) -> bool:
+        return torch.equal(a["row"], b["row"]) and all(torch.equal(x, y) for x, y in zip(a["views"], b["views"]))
+
+    full = batches()
+    assert len(full) == 4
+    resumed = batches(state={"epoch": 1, "consumed": 2, "seed": 4})
+    assert len(resumed) == 2 and all(same(a, b) for a, b in zip(full[2:], resumed))
+    assert all(same(a, b) for a, b in zip(full, batches(workers=1)))
