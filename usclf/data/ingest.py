@@ -98,15 +98,19 @@ class FileOutcome:
     skip: str = ""                                          # file-level skip reason
 
 
-def read_and_clean_file(task: tuple[str, str, dict]) -> FileOutcome:
-    """Decode + clean one file (runs in a worker process when cfg.workers > 0)."""
-    abs_path, rel, prep = task
+def read_and_clean_file(task: tuple) -> FileOutcome:
+    """Decode + clean one file (runs in a worker process when cfg.workers > 0).
+
+    `task` = (path, rel, prep) or (path, rel, prep, with_sha1): predict passes False and gets sha1 ""
+    (it never uses the hash, and hashing reads the whole file once more)."""
+    abs_path, rel, prep = task[:3]
     try:
         h = hashlib.sha1()
-        with open(abs_path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        out = FileOutcome(rel, h.hexdigest(), [])
+        if len(task) < 4 or task[3]:
+            with open(abs_path, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        out = FileOutcome(rel, h.hexdigest() if len(task) < 4 or task[3] else "", [])
         for item in iter_frames(abs_path):
             if isinstance(item, Skip):
                 if item.frame_index is None:

@@ -70,7 +70,9 @@ def scan_region_mask(gray: np.ndarray, threshold: int = 10, close_frac: float = 
     m, plabels, pstats, _ = cv2.connectedComponentsWithStats(pieces, connectivity=8)
     areas = pstats[1:, cv2.CC_STAT_AREA]
     big = 1 + np.flatnonzero(areas >= piece_frac * areas.max())
-    keep = np.isin(plabels, big).astype(np.uint8)
+    lut = np.zeros(m, np.uint8)     # a lookup table: same 0/1 image as np.isin(plabels, big), ~10x faster
+    lut[big] = 1
+    keep = lut[plabels]
     contours, _ = cv2.findContours(keep, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     hull = cv2.convexHull(np.concatenate(contours)).astype(np.float64)
     if scale != 1.0:  # pixel-corner mapping of the small grid back to the full frame

@@ -44,6 +44,8 @@ from .predict_progress import Unit, check_out, no_space_message, output_lock, wa
 from .scoring import head_kind
 
 _CHUNK = 4096          # rows of one folder written before the folder ends (bounds memory on huge folders)
+_PREFETCH = 64         # files decoded ahead of the model by the decode thread (workers=0); 0 = inline
+_SYNC_EVERY = 1.0      # seconds between fsyncs of finished folders (every folder when on_unit is given)
 _PREP_KEYS = ("size", "crop", "doppler_chroma", "doppler_fraction", "resize")
 
 
@@ -105,10 +107,12 @@ class Predictor:
 
 # ----------------------------------------------------------------------------------------------- decode
 def _outcomes(items: Iterator[tuple[Unit, tuple | None]], workers: int) -> Iterator[tuple[Unit, FileOutcome | None]]:
-    """Decode files in order (None marks the end of a unit); a bounded window of worker processes."""
+    """Decode files in order (None marks the end of a unit): `workers` = 0 in one background thread that
+    runs ahead of the model (cv2, the decoders and torch release the GIL, so decoding overlaps the forward);
+    else a bounded window of worker processes."""
     if workers <= 0:
-        for unit, task in items:
-            yield unit, None if task is None else read_and_clean_file(task)
+        decoded = ((unit, None if task is None else read_and_clean_file(task)) for unit, task in items)
+        yield from (_prefetch(decoded, _PREFETCH) if _PREFETCH > 0 else decoded)
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -126,6 +130,48 @@ def _outcomes(items: Iterator[tuple[Unit, tuple | None]], workers: int) -> Itera
             yield u, None if fut is None else fut.result()
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _prefetch(it: Iterator, depth: int) -> Iterator:
+    """Items of `it`, computed in a daemon thread at most `depth` ahead; its exceptions re-raised here."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop, end = threading.Event(), object()
+
+    def put(x) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(x, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for x in it:
+                if not put((x, None)):
+                    return
+        except BaseException as e:       # handed to the consumer
+            put((end, e))
+            return
+        put((end, None))
+
+    t = threading.Thread(target=run, name="predict-decode", daemon=True)
+    t.start()
+    try:
+        while True:
+            x, err = q.get()
+            if x is end:
+                if err is not None:
+                    raise err
+                return
+            yield x
+    finally:
+        stop.set()
+        t.join()
 
 
 def _file_sha1(path: Path) -> str:
@@ -259,7 +305,7 @@ def _predict_into(output: _Output, pred: Predictor, root: Path, units: list[Unit
     def items() -> Iterator[tuple[Unit, tuple | None]]:
         for u in todo:
             for f in u.files:
-                yield u, (str(root / u.name / f), norm_rel(u.key(f)), pred.prep)
+                yield u, (str(root / u.name / f), norm_rel(u.key(f)), pred.prep, False)   # no file sha1
             yield u, None                      # end of this folder
 
     pending: deque[_Pending] = deque()
@@ -276,7 +322,23 @@ def _predict_into(output: _Output, pred: Predictor, root: Path, units: list[Unit
         counts["predicted"] += len(buf)
         buf.clear()
 
-    def flush() -> None:
+    staged: list[_Pending] = []
+    last_sync = [float("-inf")]           # the first folder is recorded at once, later ones in groups
+
+    def record(force: bool = False) -> None:
+        now = time.monotonic()
+        if not staged or not (force or on_unit is not None or now - last_sync[0] >= _SYNC_EVERY):
+            return
+        output.sync()
+        last_sync[0] = now
+        for p in staged:
+            counts["files"] += len(p.unit.files) or 1
+            bar.update(1)
+            if on_unit is not None:
+                on_unit(p.unit.name, p.n_rows)
+        staged.clear()
+
+    def flush(force: bool = False) -> None:
         while pending and not pending[0].waiting:
             p = pending[0]
             if p.rows and (p.ended or len(p.rows) >= _CHUNK):
@@ -286,15 +348,11 @@ def _predict_into(output: _Output, pred: Predictor, root: Path, units: list[Unit
                 counts["rows"] += len(p.rows)
                 p.rows = []
             if not p.ended:
-                return
+                break
             u = p.unit
-            keys = [norm_rel(u.key(f)) for f in u.files] or [u.name]
-            output.commit(u.name, keys, p.n_rows, p.exams)
-            counts["files"] += len(keys)
-            pending.popleft()
-            bar.update(1)
-            if on_unit is not None:
-                on_unit(u.name, p.n_rows)
+            output.commit(u.name, [norm_rel(u.key(f)) for f in u.files] or [u.name], p.n_rows, p.exams, sync=False)
+            staged.append(pending.popleft())
+        record(force)
 
     try:
         for unit, o in _outcomes(items(), workers):
@@ -317,7 +375,7 @@ def _predict_into(output: _Output, pred: Predictor, root: Path, units: list[Unit
             flush()
         if buf:
             run_batch()
-        flush()
+        flush(force=True)
     finally:
         bar.close()
     output.close()

@@ -4,6 +4,10 @@ See `usclf.stages.predict` for the resume protocol (progress log + truncation / 
 A progress line: {"unit": folder, "files": [paths relative to the input], "rows", "exams": {id: counts},
 "end": output size (csv/jsonl) | "part": parquet part name}. Lines of older versions have no "files": their
 folder counts as done as a whole.
+
+Commits are staged and made durable in groups (`commit(..., sync=False)` then `sync()`): one fsync of the
+output and one of the log per group instead of two per folder (on a ~7 ms fsync and exams of ~10 frames
+that was a tenth of predict's time). A line is still written only after its folder's rows are on disk.
 """
 from __future__ import annotations
 
@@ -40,6 +44,7 @@ class _Output:
         self.log, self.new_units, self._log_size = state / LOG, 0, 0
         self._fh = None            # append formats: the output file; parquet: the open part writer
         self._part: Path | None = None
+        self._staged: list[dict] = []   # entries of finished folders whose log lines are not written yet
         if fmt == "parquet":
             import pyarrow as pa
 
@@ -110,7 +115,7 @@ class _Output:
             import pyarrow.parquet as pq
 
             if self._fh is None:
-                self._part = self.state / f"{len(self.entries):07d}.parquet"
+                self._part = self.state / f"{len(self.entries) + len(self._staged):07d}.parquet"
                 self._fh = pq.ParquetWriter(str(self._part) + ".tmp", self.schema)
             self._fh.write_table(pa.Table.from_pylist(rows, schema=self.schema))
             return
@@ -124,8 +129,10 @@ class _Output:
         else:
             self._fh.writelines(json.dumps(r, allow_nan=False) + "\n" for r in rows)
 
-    def commit(self, unit: str, files: list[str], n_rows: int, exams: dict[str, list[int]]) -> None:
-        """Make the folder's rows durable, then record it (a kill in between only redoes this folder)."""
+    def commit(self, unit: str, files: list[str], n_rows: int, exams: dict[str, list[int]],
+               sync: bool = True) -> None:
+        """Finish the folder's rows; `sync` makes them durable and records the folder now (else at the next
+        `sync()`: a kill in between only redoes the staged folders)."""
         entry: dict = {"unit": unit, "files": files, "rows": n_rows, "exams": exams}
         if self.fmt == "parquet":
             entry["part"] = ""
@@ -133,22 +140,35 @@ class _Output:
                 self._fh.close()
                 os.replace(str(self._part) + ".tmp", self._part)
                 entry["part"] = self._part.name
+            self._fh, self._part = None, None
         else:
             if self._fh is not None:
                 self._fh.flush()
-                os.fsync(self._fh.fileno())
             entry["end"] = self.out.stat().st_size if self.out.exists() else 0
-        self._fh, self._part = None, None
-        line = (json.dumps(entry) + "\n").encode()
+        self._staged.append(entry)
+        if sync:
+            self.sync()
+
+    def sync(self) -> list[dict]:
+        """Make the staged folders' rows durable (one fsync), then their log lines (one more); returns them."""
+        staged, self._staged = self._staged, []
+        if not staged:
+            return staged
+        if self.fmt != "parquet" and self._fh is not None:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+        data = b"".join((json.dumps(e) + "\n").encode() for e in staged)
         with open(self.log, "ab") as fh:
-            fh.write(line)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        self._log_size += len(line)
-        self.entries.append(entry)
-        self.new_units += 1
+        self._log_size += len(data)
+        self.entries.extend(staged)
+        self.new_units += len(staged)
+        return staged
 
     def close(self) -> None:
+        self.sync()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -156,7 +176,7 @@ class _Output:
     def abort(self) -> None:
         """After a failure: cut output and log back to the last recorded folder now (a resume would anyway), so
         what is left is valid and frees the space of the unrecorded rows."""
-        fh, self._fh = self._fh, None
+        fh, self._fh, self._staged = self._fh, None, []
         with contextlib.suppress(OSError):
             if fh is not None:
                 fh.close()         # may fail again on a full disk; the descriptor is closed all the same
@@ -181,6 +201,7 @@ class _Output:
 
     def finish(self, exams_path: Path) -> None:
         """Merge parquet parts (if anything changed) and write the per-exam inventory."""
+        self.sync()
         if self.fmt == "parquet" and (self.new_units or not self._merged()):
             import pyarrow.parquet as pq
 
