@@ -3,6 +3,7 @@ diagnostics columns, a re-run that skips finished cells, and the Markdown report
 from __future__ import annotations
 
 import importlib
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -58,6 +59,15 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     before = (out / "results.csv").read_bytes()
     assert ev.main(["--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet", f"out={out}"]) == 0
     assert (out / "results.csv").read_bytes() == before  # finished cells are skipped, not re-trained
+    # collect_only rebuilds the tables from the per-split cell files alone (what a cut-short run commits)
+    (out / "results.csv").unlink()
+    shutil.rmtree(out / "split1" / "train")  # as if split 1 had not trained yet
+    assert ev.main(["--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet", f"out={out}",
+                    "collect_only=true"]) == 0
+    part = pd.read_csv(out / "results.csv")
+    assert part.equals(res[res["split_seed"] == 0].reset_index(drop=True))
+    assert ev.main(["--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet", f"out={tmp_path / 'none'}",
+                    "collect_only=true"]) == 2
     md = tmp_path / "docs" / "results.md"
     assert rep.main(["--run", str(out), "--out", str(md)]) == 0
     text = md.read_text()

@@ -68,6 +68,9 @@ class EvidenceConfig:
     strategy_fractions: dict = field(default_factory=dict)
     out: str = "runs/evidence"
     experiment: str = "evidence"
+    # rebuild OUT/results.csv, pretrain.csv and the figure from the cells finished so far and stop (a partial
+    # run's tables, to commit while the rest runs); trains nothing
+    collect_only: bool = False
 
 
 def parse_strategy(name: str) -> tuple[str, str, str | None]:
@@ -184,6 +187,8 @@ def run(cfg: EvidenceConfig, tracking_uri: str | None = None, progress: bool = T
         if method:
             split_variant(method, cfg.variants)
     out = Path(cfg.out)
+    if cfg.collect_only:
+        return collect(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     data = prepare_data(cfg, out)
@@ -200,12 +205,7 @@ def run(cfg: EvidenceConfig, tracking_uri: str | None = None, progress: bool = T
             lsd = sdir / "pretrain" / "runs" / f"methodlsd-seed{cfg.pretrain_seeds[0]}" / "model.pt"
             r = _train_cells(cfg, data, ss, lsd, sdir / "train", tracking_uri, top.run_id)
             results.append(r.assign(split_seed=ss))
-        res, pre_df = pd.concat(results, ignore_index=True), pd.concat(pre, ignore_index=True)
-        res.to_csv(out / "results.csv", index=False)
-        pre_df.to_csv(out / "pretrain.csv", index=False)
-        runs = res.assign(seed=res["split_seed"] * 1000 + res["seed"])  # one point per (split, seed) pair
-        plot_label_fraction_curves(runs, out / "label_fractions.png",
-                                   "test weighted F1 (mean, 95% CI over seeds x splits)")
+        res = write_tables(out, pd.concat(results, ignore_index=True), pd.concat(pre, ignore_index=True))
         log_fraction_curves(top, res)  # test_f1/<strategy> at step = label %, mean over seeds x split seeds
         for f in ("results.csv", "pretrain.csv", "label_fractions.png"):
             top.log_artifact(out / f)
@@ -214,6 +214,30 @@ def run(cfg: EvidenceConfig, tracking_uri: str | None = None, progress: bool = T
         (out / "machine.txt").write_text(machine_fingerprint() + "\n")
     print(f"evidence run done in {(time.time() - t0) / 60:.1f} min -> {out}")
     return res
+
+
+def write_tables(out: Path, res: pd.DataFrame, pre: pd.DataFrame) -> pd.DataFrame:
+    """OUT/results.csv, pretrain.csv and label_fractions.png (one point per (split, seed) pair)."""
+    res.to_csv(out / "results.csv", index=False)
+    pre.to_csv(out / "pretrain.csv", index=False)
+    runs = res.assign(seed=res["split_seed"] * 1000 + res["seed"])
+    plot_label_fraction_curves(runs, out / "label_fractions.png", "test weighted F1 (mean, 95% CI over seeds x splits)")
+    return res
+
+
+def collect(out: Path) -> pd.DataFrame:
+    """The tables of the cells finished so far under OUT/split*/ (a run still going, or cut short)."""
+    def gather(kind: str) -> pd.DataFrame:
+        parts = [pd.read_csv(f).assign(split_seed=int(f.parts[-3].removeprefix("split")))
+                 for f in sorted(out.glob(f"split*/{kind}/results.csv"))]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    res = gather("train")
+    if res.empty:
+        raise UsclfError(f"{out} holds no finished training cell (no split*/train/results.csv)")
+    if not (out / "machine.txt").is_file():
+        (out / "machine.txt").write_text(machine_fingerprint() + "\n")
+    print(f"collected {len(res)} finished cells -> {out / 'results.csv'}")
+    return write_tables(out, res, gather("pretrain"))
 
 
 def machine_fingerprint() -> str:
