@@ -3,7 +3,9 @@
 simulate -> ingest (+ patient-disjoint split) -> pretrain LSD -> evaluate clusters (report, t-SNE, gallery)
 -> supervised fine-tuning and two-head FixMatch from the LSD weights at two label fractions
 -> predict on a held-out folder of new exams -> Table-2-like report of the best model (chosen on validation).
-Everything lands in --out; every run is tracked in the embedded MLflow DB (sqlite) inside --out.
+Everything lands in --out; every run is tracked in the embedded MLflow DB (sqlite) inside --out, as one
+experiment `demo`: a parent run (the label-fraction curves: metric test_f1/<strategy>, step = label %) with
+every stage run nested under it (tags strategy, init, fraction, seed, split_seed).
 Results on simulated data are a smoke test of the machinery, never clinical results.
 """
 from __future__ import annotations
@@ -30,11 +32,13 @@ from usclf.stages.predict import predict
 from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.scoring import format_report
 from usclf.stages.semisup import SemisupConfig, semisup
-from usclf.stages.study import read_metrics
+from usclf.stages.study import StudyChildren, log_fraction_curves, read_metrics
 from usclf.studies.args import check_exams, check_fractions, recreate_out
+from usclf.tracking import Tracker
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 STEPS = 6
+EXPERIMENT = "demo"
 
 
 def banner(i: int, text: str) -> None:
@@ -56,14 +60,23 @@ def main(argv=None) -> int:
     check_fractions("--fractions", args.fractions)
     progress = not args.quiet
     data = out / "dataset"
-    common = [f"data.path={data}", f"train.progress={progress}", *args.overrides]
+    common = [f"data.path={data}", f"train.progress={progress}", f"experiment={EXPERIMENT}", *args.overrides]
     for cls, name in ((PretrainConfig, "pretrain_lsd_demo"), (FinetuneConfig, "finetune_demo"),
                       (SemisupConfig, "semisup_demo")):   # the overrides, checked before anything is written
         load_config(cls, CONFIGS / f"{name}.yaml", common)
     recreate_out(out, legacy=("exams", "dataset", "mlflow.db"))
     uri = f"sqlite:///{out / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    with Tracker(uri, EXPERIMENT, "demo", {"exams": args.exams, "fractions": args.fractions,
+                                            "overrides": args.overrides}, {"study": EXPERIMENT}) as parent:
+        return story(args, out, uri, data, common, parent)
+
+
+def story(args, out: Path, uri: str, data: Path, common: list[str], parent: Tracker) -> int:
+    """The demo's six steps; every stage run nested under `parent` (one MLflow experiment)."""
+    progress = not args.quiet
     t0 = time.time()
+    children = StudyChildren(parent)
 
     banner(1, "simulate exam folders (PNG + DICOM + JPEG, colour Doppler, burned-in text)")
     print(format_summary(simulate(out / "exams", SimulateConfig(exams=args.exams, size=96, format="mixed",
@@ -78,10 +91,13 @@ def main(argv=None) -> int:
 
     banner(3, "pretrain LSD deep clustering on the unlabelled exams, then evaluate the clusters")
     lsd = pretrain(load_config(PretrainConfig, CONFIGS / "pretrain_lsd_demo.yaml",
-                               [*common, f"out={out / 'pretrain_lsd'}", "evaluate_after=false"]), tracking_uri=uri)
+                               [*common, f"out={out / 'pretrain_lsd'}", "evaluate_after=false"]), tracking_uri=uri,
+                   parent_run_id=parent.run_id)
     ev = evaluate(load_config(EvaluateConfig, CONFIGS / "evaluate.yaml",
-                              [f"model={lsd}", f"data.path={data}", f"out={out / 'evaluate_lsd'}"]),
-                  tracking_uri=uri, progress=progress)
+                              [f"model={lsd}", f"data.path={data}", f"out={out / 'evaluate_lsd'}",
+                               f"experiment={EXPERIMENT}"]),
+                  tracking_uri=uri, progress=progress, parent_run_id=parent.run_id)
+    children.tag_new({"strategy": "pretrain-lsd"})
 
     banner(4, f"supervised fine-tuning and two-head FixMatch from the LSD weights at {args.fractions} labels")
     rows = []
@@ -91,7 +107,8 @@ def main(argv=None) -> int:
             run_out = out / f"{name}_f{frac:g}"
             cfg = load_config(cls, CONFIGS / cfg_file, [*common, f"out={run_out}", f"label_fraction={frac}",
                                                         f"model.init={lsd}"])
-            model = stage(cfg, tracking_uri=uri)
+            model = stage(cfg, tracking_uri=uri, parent_run_id=parent.run_id)
+            children.tag_new({"strategy": name, "fraction": frac, "seed": 0})
             _, info = load_model_file(model)
             m = read_metrics(run_out)
             rows.append({"method": name, "init": "LSD", "fraction": frac, "seed": 0,
@@ -99,6 +116,9 @@ def main(argv=None) -> int:
     runs = pd.DataFrame(rows)
     runs.to_csv(out / "runs.csv", index=False)
     plot_label_fraction_curves(runs, out / "label_fractions.png", "demo: test weighted F1 vs label fraction")
+    log_fraction_curves(parent, runs)  # the parent's chart: test_f1/<strategy> over step = label %
+    for f in ("runs.csv", "label_fractions.png"):
+        parent.log_artifact(out / f)
 
     banner(5, "predict on a held-out folder of new exams (DICOM), with the best model on validation")
     best = runs.sort_values("val_f1", ascending=False, na_position="last").iloc[0]
