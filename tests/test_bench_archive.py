@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from usclf.data.transforms import AugmentConfig
 from usclf.studies.bench import main
 
 
+@pytest.mark.slow
 def test_archive_bench_runs_every_step_tiny(tmp_path, capsys):
     assert main(["archive", "--frames", "60", "--seconds", "0.2", "--batch", "8", "--tmp", str(tmp_path)]) == 0
     out = capsys.readouterr().out
