@@ -65,18 +65,27 @@ def shared_data(*parts: str) -> Path:
 
 
 @contextmanager
-def tiny_disk(path: Path, kb: int):
-    """A real `kb` kB tmpfs at `path` for full-disk tests (skips the test where mounting needs root we lack)."""
+def tmpfs_mount(path: Path, options: str, what: str):
+    """A real tmpfs mounted at `path` with `options` (skips the test where mounting needs root we lack)."""
     path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kb}k", "tmpfs", str(path)], capture_output=True,
-                       text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
     if r.returncode != 0:
-        pytest.skip(f"cannot mount a {kb} kB tmpfs here ({r.stderr.strip()[:80]}): needs root")
+        pytest.skip(f"cannot mount {what} here ({r.stderr.strip()[:80]}): needs root")
     try:
         yield path
     finally:
         if subprocess.run(["umount", str(path)], capture_output=True).returncode:
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def tiny_disk(path: Path, kb: int):
+    """A real `kb` kB tmpfs at `path` for full-disk tests."""
+    return tmpfs_mount(path, f"size={kb}k", f"a {kb} kB tmpfs")
+
+
+def read_only_dir(path: Path):
+    """A real read-only file system at `path` (a ro tmpfs; root's chmod would not stop root)."""
+    return tmpfs_mount(path, "ro,size=64k", "a read-only tmpfs")
 
 
 def calibrated(model, images, size: int = 32):

