@@ -85,20 +85,15 @@ def test_demo_recreates_only_its_own_folder(tmp_path):
     assert sorted(p.name for p in legacy.iterdir()) == [MARKER]
 
 
-@pytest.mark.parametrize("bad,part", [(["--exams", "0"], "--exams"), (["--size", "8"], "--size"),
-                                      (["--epochs", "0"], "--epochs"), (["--lr", "0"], "--lr")])
-def test_cluster_check_bad_values_are_one_line_and_create_nothing(study, tmp_path, bad, part):
-    r = study("cluster-check", "--out", str(tmp_path / "cc"), *bad)
-    _one_line(r, "cluster-check", part)
-    assert not (tmp_path / "cc").exists()
-
-
-@pytest.mark.parametrize("bad,part", [(["--exams", "0"], "--exams"), (["--fraction", "1.5"], "--fraction"),
-                                      (["--seeds", "-1"], "--seeds"), (["--lsd", "missing.pt"], "--lsd")])
-def test_semisup_check_bad_values_are_one_line_and_create_nothing(study, tmp_path, bad, part):
-    r = study("semisup-check", "--out", str(tmp_path / "sc"), *bad)
-    _one_line(r, "semisup-check", part)
-    assert not (tmp_path / "sc").exists()
+@pytest.mark.parametrize("name,bad,part", [
+    ("cluster-check", ["--exams", "0"], "--exams"), ("cluster-check", ["--size", "8"], "--size"),
+    ("cluster-check", ["--epochs", "0"], "--epochs"), ("cluster-check", ["--lr", "0"], "--lr"),
+    ("semisup-check", ["--exams", "0"], "--exams"), ("semisup-check", ["--fraction", "1.5"], "--fraction"),
+    ("semisup-check", ["--seeds", "-1"], "--seeds"), ("semisup-check", ["--lsd", "missing.pt"], "--lsd")])
+def test_check_studies_bad_values_are_one_line_and_create_nothing(study, tmp_path, name, bad, part):
+    r = study(name, "--out", str(tmp_path / "o"), *bad)
+    _one_line(r, name, part)
+    assert not (tmp_path / "o").exists()
 
 
 def test_evidence_report_of_a_missing_run_leaves_no_img_folder(study, tmp_path):
