@@ -10,11 +10,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import shared_data, simulated_dataset
+from usclf.baselines.config import METHODS, AEConfig, BaselineConfig, FeatureConfig
+from usclf.baselines.registry import BASELINES, get_baseline
 from usclf.cli import main
 from usclf.errors import UsclfError
-from usclf.stages.baselines.config import METHODS, AEConfig, BaselineConfig, FeatureConfig
-from usclf.stages.baselines.registry import BASELINES, get_baseline
-from usclf.stages.baselines.run import baseline
+from usclf.stages.baseline import baseline
 
 BREASTMNIST = shared_data("breastmnist", "breastmnist.npz")
 USPS = shared_data("usps", "usps.npz")
@@ -194,7 +194,7 @@ def test_breastmnist_check_pipeline_structure(tmp_path, mlflow_uri):
 def test_uniform_pseudo_label_batches_balance_classes_and_replay():
     import torch
 
-    from usclf.stages.baselines.deepcluster import UniformPseudoLabelBatches
+    from usclf.baselines.deepcluster import UniformPseudoLabelBatches
     pseudo = torch.tensor([0] * 90 + [1] * 10)
     s = UniformPseudoLabelBatches(pseudo, batch_size=32, seed=3)
     s.set_epoch(0)

@@ -15,9 +15,10 @@ from usclf.data.cache import open_dataset
 from usclf.data.ingest import IngestConfig, ingest
 from usclf.data.simulate import SimulateConfig, simulate
 from usclf.data.transforms import AugmentConfig
+from usclf.eval.inference import infer
 from usclf.models.heads import build_classifier
 from usclf.models.modelfile import ModelInfo, save_model_file
-from usclf.stages.common import infer, preprocess_meta
+from usclf.stages.common import preprocess_meta
 from usclf.stages.scoring import class_scores
 
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"

@@ -19,10 +19,11 @@ from usclf.data.ingest import IngestConfig, ingest
 from usclf.data.simulate import SimulateConfig, simulate
 from usclf.data.transforms import AugmentConfig
 from usclf.deploy.export import prepare_pixels
+from usclf.eval.inference import infer
 from usclf.models.heads import build_classifier
 from usclf.models.modelfile import ModelInfo, save_model_file
-from usclf.stages.common import infer, preprocess_meta
-from usclf.stages.predict import predict
+from usclf.predict.run import predict
+from usclf.stages.common import preprocess_meta
 from usclf.stages.scoring import class_scores
 
 SALT = "export-test-salt"

@@ -19,21 +19,19 @@ from usclf.data.dataset import UltrasoundDataset
 from usclf.data.sampler import ExamBatchSampler, RandomBatchSampler
 from usclf.data.splits import label_fraction_mask
 from usclf.data.transforms import AugmentConfig
+from usclf.data.unlabeled_loader import StepBatchSampler, fixmatch_loader, unlabeled_dataset, unlabeled_rows
 from usclf.errors import UsclfError
 from usclf.eval.clustering import combination_vocabulary
+from usclf.eval.inference import infer
 from usclf.eval.thresholds import best_f1_thresholds
 from usclf.losses.fixmatch import fixmatch_onehead_unlabeled, fixmatch_twohead_unlabeled, twohead_labeled
 from usclf.losses.supervised import multilabel_bce
+from usclf.methods.fixmatch import FixMatchOneHead, FixMatchTwoHead
+from usclf.methods.semisup_base import MethodSetup, combo_targets
 from usclf.models.backbone import IMAGENET_ENV
 from usclf.models.heads import build_classifier
 from usclf.models.modelfile import ModelInfo, load_model_file, save_model_file
-from usclf.stages.common import infer
 from usclf.stages.scoring import sigmoid, val_weighted_f1
-from usclf.methods.fixmatch import FixMatchOneHead, FixMatchTwoHead
-from usclf.methods.semisup_base import MethodSetup
-from usclf.methods.semisup_base import combo_targets
-from usclf.stages.unlabeled_loader import unlabeled_rows
-from usclf.stages.unlabeled_loader import StepBatchSampler, fixmatch_loader, unlabeled_dataset
 from usclf.train.loop import OptimConfig, TrainConfig, Trainer
 
 SMALL = ["--quiet", "augment.size=32", "data.batch_size=4", "figures=false"]

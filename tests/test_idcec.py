@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from usclf.baselines.config import BaselineConfig
+from usclf.baselines.registry import FitContext, get_baseline
 from usclf.cli import main
 from usclf.errors import UsclfError
 from usclf.eval.clustering import hungarian_acc
 from usclf.losses.idcec import idcec_loss, reliable_samples, weight_penalty
-from usclf.stages.baselines.config import BaselineConfig
-from usclf.stages.baselines.registry import FitContext, get_baseline
 
 D = torch.float64
 
@@ -117,7 +117,7 @@ TINY_CNN = dict(filters=[8, 8], dense=32, epochs=25, batch_size=32, lr=1e-3)
 
 
 def _cfg(method, **extra):
-    from usclf.stages.baselines.config import CNNConfig, DCECConfig, DECConfig, IDCECConfig
+    from usclf.baselines.config import CNNConfig, DCECConfig, DECConfig, IDCECConfig
     if method == "dcec":   # (extra: IDCEC-only settings)
         return BaselineConfig(method="dcec", dcec=DCECConfig(**TINY, cluster=DECConfig(**TINY_CLUSTER)))
     return BaselineConfig(method="idcec", idcec=IDCECConfig(**TINY, cluster=DECConfig(**TINY_CLUSTER),
@@ -126,7 +126,7 @@ def _cfg(method, **extra):
 
 @pytest.mark.parametrize("method", ["dcec", "idcec"])
 def test_fit_on_easy_clusters(tmp_path, method):
-    from usclf.stages.baselines.features import kmeans
+    from usclf.baselines.features import kmeans
 
     torch.set_num_threads(1)
     images, y = easy_images()

@@ -15,14 +15,14 @@ from usclf.data.cache import open_dataset
 from usclf.data.dataset import UltrasoundDataset
 from usclf.data.splits import label_fraction_mask
 from usclf.data.transforms import AugmentConfig
+from usclf.data.unlabeled_loader import fixmatch_loader, unlabeled_dataset, unlabeled_rows
 from usclf.errors import UsclfError
 from usclf.eval.pseudo_diagnostics import PseudoLabelDiagnostics
 from usclf.methods import PRETRAIN, SEMISUP, method_class
-from usclf.methods.semisup_base import MethodSetup
 from usclf.methods.clustering import collapse_warning, effective_clusters
+from usclf.methods.semisup_base import MethodSetup
 from usclf.models.heads import build_classifier
 from usclf.stages.semisup import SemisupConfig, schedule
-from usclf.stages.unlabeled_loader import fixmatch_loader, unlabeled_dataset, unlabeled_rows
 from usclf.train.loop import OptimConfig, StepContext, TrainConfig, Trainer
 
 # label sets seen 3x, 2x, 1x -> vocabulary [(1,0), (0,1), (1,1)], labelled distribution [1/2, 1/3, 1/6]

@@ -27,10 +27,11 @@ from usclf.data.ingest import IngestConfig, ingest
 from usclf.data.simulate import SimulateConfig, simulate
 from usclf.data.transforms import AugmentConfig
 from usclf.errors import UsclfError
+from usclf.eval.inference import infer
 from usclf.models.heads import build_classifier
 from usclf.models.modelfile import ModelInfo, Preprocess, save_model_file
-from usclf.stages.common import infer, preprocess_meta
-from usclf.stages.predict import predict
+from usclf.predict.run import predict
+from usclf.stages.common import preprocess_meta
 from usclf.stages.scoring import class_scores
 
 SALT = "predict-test-salt"

@@ -18,9 +18,9 @@ import pytest
 from conftest import tiny_disk
 from test_predict import SALT, _read, _same, _world
 from usclf.errors import UsclfError
-from usclf.stages import predict_output
-from usclf.stages.predict import predict
-from usclf.stages.predict_progress import output_lock
+from usclf.predict import output as predict_output
+from usclf.predict.run import predict
+from usclf.predict.progress import output_lock
 
 ONE_LINE = "usclf predict: error: "
 
@@ -86,7 +86,7 @@ def test_second_run_on_a_locked_output_exits_2_and_touches_nothing(world, tmp_pa
 
 _HOLDER = """import sys, time
 from pathlib import Path
-from usclf.stages.predict_progress import output_lock
+from usclf.predict.progress import output_lock
 out = Path(sys.argv[1])
 with output_lock(out.with_name(out.name + ".parts"), out):
     print("locked", flush=True)

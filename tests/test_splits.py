@@ -294,7 +294,7 @@ def test_split_depends_on_files_and_seed_only_not_ids_or_row_order(stratify):
 
 
 def test_a_class_that_cannot_be_placed_is_warned_about_and_printed():
-    from usclf.stages.cli_data import split_summary
+    from usclf.data.splits import split_summary
     df = lung_manifest(rare=(12,))  # bladder in one patient: val or test must go without it
     df["spleen"] = 0.0              # and spleen nowhere
     for seed in range(3):

@@ -13,9 +13,10 @@ from usclf.cli import main
 from usclf.data.cache import open_dataset
 from usclf.data.transforms import AugmentConfig
 from usclf.errors import UsclfError
+from usclf.eval.inference import infer
 from usclf.models.heads import build_classifier
 from usclf.models.modelfile import ModelInfo, save_model_file
-from usclf.stages.common import infer, preprocess_meta
+from usclf.stages.common import preprocess_meta
 from usclf.stages.scoring import class_scores
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import UsclfError
+from .paths import sqlite_path
 
 try:
     import fcntl
@@ -115,7 +116,6 @@ def output_lock(out: str | Path, command: str, shown: str | Path | None = None) 
 def store_lock(uri: str | None, timeout: float = 600.0) -> Iterator[None]:
     """Serialise writers of one MLflow sqlite store (`<db>.lock` beside the DB; waits up to `timeout` s).
     Other stores (a tracking server) serialise themselves: no lock."""
-    from .tracking import sqlite_path
     db = sqlite_path(uri) if uri else None
     if db is None or fcntl is None:
         yield

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import UsclfError
+from .paths import sqlite_path
 
 try:  # limits of the installed MLflow; the fallbacks are MLflow 2.x values
     from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAM_VAL_LENGTH, \
@@ -27,13 +28,6 @@ PARENT_TAG = "mlflow.parentRunId"
 def default_tracking_uri() -> str:
     """`MLFLOW_TRACKING_URI` if set, else an sqlite DB `mlflow.db` in the current directory."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The DB file of an `sqlite:///` URI, else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///"):])
 
 
 _BAD_KEY_CHARS = re.compile(r"[^\w\-. :/]")

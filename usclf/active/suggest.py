@@ -14,17 +14,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..active.page import suggestion_page
-from ..active.select import Candidates, cluster_uncertainty, margin_uncertainty, select_frames, thumbnails
 from ..config import check_seed
 from ..data.manifest import read_image_ids
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
+from ..eval.inference import infer
 from ..locks import output_lock
 from ..models.modelfile import load_model_file
-from .common import DataConfig, infer, open_split
-from .writable import check_writable_dir
-from .scoring import head_kind
+from ..paths import check_writable_dir
+from ..stages.common import DataConfig, open_split
+from ..stages.scoring import head_kind
+from .page import suggestion_page
+from .select import Candidates, cluster_uncertainty, margin_uncertainty, select_frames, thumbnails
 
 COLUMNS = ["rank", "image_id", "path", "frame", "exam_id", "reason", "score", "cluster"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...errors import UsclfError
+from ..errors import UsclfError
 
 
 def check_conv_size(size: tuple[int, int], pools: int) -> None:

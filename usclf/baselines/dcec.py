@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import UsclfError
-from ...losses.idcec import idcec_loss, reliable_samples, weight_penalty
-from ...train.loop import Trainer
+from ..errors import UsclfError
+from ..losses.idcec import idcec_loss, reliable_samples, weight_penalty
+from ..train.loop import Trainer
 from .autoencoders import GuoConvAE, check_strided_size
 from .dec import IDEC, IndexBatches
 from .features import kmeans

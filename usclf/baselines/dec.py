@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...errors import UsclfError
-from ...losses.dec import dec_kl, dec_target, student_t_q
-from ...losses.graph import graph_loss, graph_pairs, knn_graph
-from ...atomic_io import load_checkpoint, save_checkpoint
-from ...train.loop import OptimConfig, TrainConfig, Trainer
+from ..errors import UsclfError
+from ..losses.dec import dec_kl, dec_target, student_t_q
+from ..losses.graph import graph_loss, graph_pairs, knn_graph
+from ..atomic_io import load_checkpoint, save_checkpoint
+from ..train.loop import OptimConfig, TrainConfig, Trainer
 from .autoencoders import ConvAE, DenseAE, check_conv_size
 from .config import DECConfig
 from .features import kmeans, raw_pixels

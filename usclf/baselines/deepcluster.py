@@ -9,14 +9,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...data.dataset import UltrasoundDataset
-from ...data.sampler import make_loader
-from ...data.transforms import AugmentConfig
-from ...errors import UsclfError
-from ...eval.clustering import nmi
-from ...models.heads import build_classifier
-from ...train.loop import OptimConfig, TrainConfig, Trainer
-from ..common import infer
+from ..data.dataset import UltrasoundDataset
+from ..data.sampler import make_loader
+from ..data.transforms import AugmentConfig
+from ..errors import UsclfError
+from ..eval.clustering import nmi
+from ..eval.inference import infer
+from ..models.heads import build_classifier
+from ..train.loop import OptimConfig, TrainConfig, Trainer
 from .features import kmeans
 from .registry import Assignment, Baseline, FitContext, check_positive, one_hot, register
 

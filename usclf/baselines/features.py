@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...errors import UsclfError
+from ..errors import UsclfError
 from .registry import Assignment, Baseline, FitContext, check_positive, one_hot, register
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import UsclfError
+from ..errors import UsclfError
 from .config import METHODS, BaselineConfig
 
 BASELINES: dict[str, type["Baseline"]] = {}

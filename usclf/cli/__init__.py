@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable
 
-from .errors import UsclfError
+from ..errors import UsclfError
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
 
@@ -35,7 +35,7 @@ def _common(p: argparse.ArgumentParser, config: bool = True) -> None:
 
 
 @command("simulate", "write simulated ultrasound exam folders + labels.csv (development data, not science)",
-         "usclf.stages.cli_data:run_simulate")
+         "usclf.cli.data:run_simulate")
 def _simulate(p):
     p.add_argument("--exams", type=int, help="number of exams to simulate (default 20)")
     p.add_argument("--out", required=True, help="output folder (exam sub-folders + labels.csv)")
@@ -46,7 +46,7 @@ def _simulate(p):
 
 
 @command("ingest", "read exam folders (DICOM/PNG/JPEG) into a clean cache + manifest, then split by patient",
-         "usclf.stages.cli_data:run_ingest")
+         "usclf.cli.data:run_ingest")
 def _ingest(p):
     p.add_argument("root", help="export root: one folder per exam (or DICOM studies anywhere below)")
     p.add_argument("--out", required=True, help="dataset folder to write (images.npy, manifest.csv, report)")
@@ -57,7 +57,7 @@ def _ingest(p):
 
 
 @command("split", "re-draw the patient-disjoint unlabeled/train/val/test split of an ingested dataset",
-         "usclf.stages.cli_data:run_split")
+         "usclf.cli.data:run_split")
 def _split(p):
     p.add_argument("data", help="dataset folder written by `usclf ingest`")
     p.add_argument("--seed", type=int, help="split seed")
@@ -65,11 +65,11 @@ def _split(p):
 
 
 @command("pretrain", "deep clustering (PICA or LSD) on unlabelled exams; writes a clustering model file",
-         "usclf.stages.cli_train:run_pretrain")
+         "usclf.cli.train:run_pretrain")
 def _pretrain(p):
     p.add_argument("--data", help="dataset folder written by `usclf ingest` (config key data.path)")
     p.add_argument("--out", help="output folder for checkpoints, model.pt and config.yaml (key out)")
-    from .methods import PRETRAIN, help_text  # import-light catalogue
+    from ..methods import PRETRAIN, help_text  # import-light catalogue
     p.add_argument("--method", choices=list(PRETRAIN), help="clustering method (key method; default lsd). "
                    + help_text("pretrain"))
     p.add_argument("--seed", type=int, help="training seed (key train.seed)")
@@ -78,7 +78,7 @@ def _pretrain(p):
 
 
 @command("evaluate", "score a model: cluster matching (Algorithm 1), per-class thresholds on validation, "
-         "test report, clustering metrics, t-SNE and cluster gallery", "usclf.stages.cli_train:run_evaluate")
+         "test report, clustering metrics, t-SNE and cluster gallery", "usclf.cli.train:run_evaluate")
 def _evaluate(p):
     p.add_argument("--model", help="model file (model.pt) from pretrain, finetune or semisup")
     p.add_argument("--data", help="dataset folder written by `usclf ingest` (key data.path)")
@@ -102,16 +102,16 @@ def _trainer_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("finetune", "supervised multi-label classifier (BCE) from random / ImageNet / pretrain init: early "
-         "stopping on validation F1, per-class thresholds, test report", "usclf.stages.cli_train:run_finetune")
+         "stopping on validation F1, per-class thresholds, test report", "usclf.cli.train:run_finetune")
 def _finetune(p):
     _trainer_args(p)
 
 
 @command("semisup", "semi-supervised multi-label training (FixMatch with one or two heads, FreeMatch, distribution "
          "alignment, CAP) on labelled + unlabelled exams: fixed steps, best validation F1, per-class thresholds, "
-         "test report, pseudo-label diagnostics", "usclf.stages.cli_train:run_semisup")
+         "test report, pseudo-label diagnostics", "usclf.cli.train:run_semisup")
 def _semisup(p):
-    from .methods import help_text  # import-light catalogue
+    from ..methods import help_text  # import-light catalogue
     p.add_argument("--method", help="training method (key method; default fixmatch-twohead; its own options go "
                    "under options.NAME=VALUE). " + help_text("semisup"))
     p.add_argument("--heads", choices=["one", "two"], help="shorthand for --method fixmatch-onehead / "
@@ -120,12 +120,13 @@ def _semisup(p):
 
 
 def _baseline_help() -> str:
-    from .stages.baselines.config import METHODS  # light module: no torch import for --help
+    from ..baselines.config import METHODS  # light module: no torch import for --help
     return "; ".join(f"{name}: {text}" for name, text in METHODS.items())
 
 
 @command("baseline", "classic clustering baselines (k-means on pixels/PCA/HOG/LBP, AE + k-means, DEC, IDEC, "
-         "IDEC + graph, CAE + k-means, CDEC, CIDEC, DCEC, IDCEC, DeepCluster): fit, then the shared matching and evaluation", "usclf.stages.baselines.run:run_baseline")
+         "IDEC + graph, CAE + k-means, CDEC, CIDEC, DCEC, IDCEC, DeepCluster): fit, then the shared matching and "
+         "evaluation", "usclf.cli.train:run_baseline")
 def _baseline(p):
     p.add_argument("--method", help="baseline to run (default dec). " + _baseline_help())
     p.add_argument("--data", help="dataset folder from `usclf ingest`, or a MedMNIST/USPS/MNIST .npz (key data)")
@@ -138,7 +139,7 @@ def _baseline(p):
 
 
 @command("predict", "run a model over exam folders (DICOM/PNG/JPEG): per-image class scores, thresholded labels "
-         "and skip reasons, plus a per-exam organ inventory; resumable", "usclf.stages.cli_predict:run_predict")
+         "and skip reasons, plus a per-exam organ inventory; resumable", "usclf.cli.predict:run_predict")
 def _predict(p):
     p.add_argument("--model", required=True, help="model file with thresholds (OUT/model.pt of `usclf evaluate`, "
                    "finetune or semisup)")
@@ -170,7 +171,7 @@ STUDIES = {
 
 @command("export", "model file -> ONNX / TorchScript / MLflow pyfunc model, checked against PyTorch; optionally "
          "registered in the MLflow model registry (alias 'champion' = best validation F1)",
-         "usclf.deploy.cli:run_export")
+         "usclf.cli.export:run_export")
 def _export(p):
     p.add_argument("--model", required=True, help="model file with thresholds (the model.pt of finetune/semisup, "
                    "or evaluate's eval/model.pt for a clustering model)")
@@ -192,7 +193,7 @@ def _export(p):
 
 @command("suggest", "rank unlabelled frames to label next: cover clusters with few labelled frames (most typical "
          "first), then the most uncertain; near-duplicates of one sweep collapsed",
-         "usclf.stages.cli_suggest:run_suggest")
+         "usclf.cli.suggest:run_suggest")
 def _suggest(p):
     p.add_argument("--model", required=True, help="model file: a classifier with thresholds (uncertainty = margin to "
                    "the threshold) or a clustering model (1 - max cluster probability)")
@@ -241,7 +242,7 @@ def run_study_command(argv: list[str]) -> int:
     from contextlib import nullcontext
     from pathlib import Path
 
-    from .locks import output_lock
+    from ..locks import output_lock
     out = _study_out(argv[1:])
     # one writer per study --out (when its folder's parent exists: the lock is not allowed to create folders)
     lock = output_lock(out, f"study {argv[0]}") if out and Path(out).absolute().parent.is_dir() else nullcontext()
@@ -302,6 +303,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,56 +1,32 @@
 """CLI glue for the data commands: simulate, ingest (+ split), split."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import dump_config, load_config
 from ..data.cache import open_dataset
-from ..data.ingest import IngestConfig, ingest
+from ..data.ingest import IngestStageConfig, ingest
 from ..data.simulate import SimulateConfig, format_summary, simulate
-from ..data.splits import SplitConfig, split_dataset
+from ..data.splits import SplitConfig, disjointness, split_dataset, split_summary
 
 
-@dataclass
-class IngestStageConfig:
-    """`usclf ingest`: how files are read (`ingest`) and how exams are split by patient (`split`)."""
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-
-
-def _set(overrides: list[str], **opts) -> list[str]:
+def set_options(overrides: list[str] | None, **opts) -> list[str]:
     """Turn explicit CLI options into overrides placed before the user's key=value ones."""
     return [f"{k}={v}" for k, v in opts.items() if v is not None] + list(overrides or [])
 
 
 def run_simulate(args) -> dict:
-    cfg = load_config(SimulateConfig, args.config, _set(args.overrides, exams=args.exams, format=args.format,
-                                                          size=args.size, seed=args.seed))
+    cfg = load_config(SimulateConfig, args.config, set_options(args.overrides, exams=args.exams,
+                                                               format=args.format, size=args.size, seed=args.seed))
     summary = simulate(args.out, cfg, progress=not args.quiet)
     if args.quiet:
         print(format_summary(summary))
     return summary
 
 
-def split_summary(df) -> str:
-    """One line per split (exams, patients, images), positive images per class, then the split's warnings."""
-    g = df.groupby("split")
-    lines = [f"  {s:<9} {g.get_group(s)['exam_id'].nunique():>5} exams {g.get_group(s)['patient_id'].nunique():>5} "
-             f"patients {len(g.get_group(s)):>7} images" for s in ("unlabeled", "train", "val", "test") if s in g.groups]
-    summary = df.attrs.get("split_summary", {})
-    table = summary.get("class_images", {})
-    if table:
-        classes = list(next(iter(table.values())))
-        width = [max(len(c), *(len(str(t[c])) for t in table.values())) for c in classes]
-        lines.append("  positive images per class:")
-        lines.append("  " + " " * 9 + " ".join(f"{c:>{w}}" for c, w in zip(classes, width)))
-        lines += ["  " + f"{s:<9}" + " ".join(f"{t[c]:>{w}}" for c, w in zip(classes, width)) for s, t in table.items()]
-    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
-    return "\n".join(lines)
-
-
 def run_ingest(args):
-    cfg = load_config(IngestStageConfig, args.config, _set(args.overrides, **{"ingest.size": args.size}))
+    cfg = load_config(IngestStageConfig, args.config, set_options(args.overrides, **{"ingest.size": args.size}))
     res = ingest(args.root, args.out, args.labels, cfg.ingest, progress=not args.quiet)
     shown = IngestStageConfig(replace(cfg.ingest, salt="<set>" if cfg.ingest.salt else None), cfg.split)
     dump_config(shown, Path(args.out) / "ingest_config.yaml")  # never the salt itself: it unmasks patient ids
@@ -73,21 +49,8 @@ def run_ingest(args):
     return res
 
 
-def disjointness(data: str | Path, cfg: SplitConfig) -> str:
-    """How the split keeps exams apart, as the user should read it: by patient only where ids are known."""
-    meta = open_dataset(data).meta
-    n, missing = int(meta.get("n_exams", 0)), int(meta.get("n_exams_without_patient_id", 0))
-    if cfg.by == "exam":
-        return "exam-disjoint (split.by=exam)"
-    if n and missing == n:
-        return "exam-disjoint (no patient ids)"
-    if missing:
-        return f"patient-disjoint where ids are known ({missing} of {n} exams have no patient id: each is its own patient)"
-    return "patient-disjoint"
-
-
 def run_split(args):
-    cfg = load_config(SplitConfig, args.config, _set(args.overrides, seed=args.seed))
+    cfg = load_config(SplitConfig, args.config, set_options(args.overrides, seed=args.seed))
     df = split_dataset(args.data, cfg)
     print(f"split (seed {cfg.seed}, {disjointness(args.data, cfg)}) -> {df.attrs['path']}\n{split_summary(df)}")
     return df

@@ -1,9 +1,9 @@
 """`usclf export` glue: options -> checks -> export_model (registering before the rename) -> a short report."""
 from __future__ import annotations
 
+from ..deploy.export import FORMATS, export_model
+from ..deploy.outputs import check_out
 from ..errors import UsclfError
-from .export import FORMATS, export_model
-from .outputs import check_out
 
 
 def run_export(args):
@@ -18,7 +18,7 @@ def run_export(args):
     registered = []
     register = None
     if args.register is not None:
-        from .registry import check_registry, register_model
+        from ..deploy.registry import check_registry, register_model
         check_registry(args.register, args.alias, args.tracking_uri, args.model)
 
         def register(meta: dict) -> None:  # after the parity check, before the export is renamed into place

@@ -1,7 +1,7 @@
 """CLI glue for `usclf predict` (exam ids are hashed with the salt in env USCLF_PATIENT_SALT, as in ingest)."""
 from __future__ import annotations
 
-from .predict import PredictResult, predict
+from ..predict.run import PredictResult, predict
 
 
 def run_predict(args) -> PredictResult:

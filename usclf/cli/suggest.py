@@ -1,7 +1,7 @@
 """`usclf suggest` glue: options -> suggest() -> a short report on stdout."""
 from __future__ import annotations
 
-from .suggest import SuggestResult, suggest
+from ..active.suggest import SuggestResult, suggest
 
 
 def run_suggest(args) -> SuggestResult:

@@ -31,6 +31,7 @@ from .manifest import BASE_COLUMNS, DEFAULT_CLASSES, write_manifest
 from .preprocess import RESIZE_MODES, prepare_frame
 from .labels_csv import _LABEL_META, _Labels, norm_rel, read_labels_csv  # noqa: F401 (re-exported)
 from .readers import Skip, iter_frames
+from .splits import SplitConfig
 
 REPORT = "ingest_report.csv"
 REPORT_COLUMNS = ["path", "frame", "status", "frames_kept", "reason"]
@@ -49,6 +50,13 @@ class IngestConfig:
     workers: int = 0                # decoding processes (0 = in this process)
     keep_study_date: bool = False   # privacy: the DICOM StudyDate is a quasi-identifier; off unless needed
     keep_vendor: bool = True        # the Manufacturer tag (not about the patient): for per-vendor analysis
+
+
+@dataclass
+class IngestStageConfig:
+    """`usclf ingest`: how files are read (`ingest`) and how exams are split by patient (`split`)."""
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
 
 
 @dataclass

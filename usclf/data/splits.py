@@ -240,3 +240,33 @@ def split_dataset(dataset_dir: str | Path, cfg: SplitConfig, out_manifest: str |
     write_manifest(out, path)
     out.attrs["path"] = str(path)
     return out
+
+
+def split_summary(df) -> str:
+    """One line per split (exams, patients, images), positive images per class, then the split's warnings."""
+    g = df.groupby("split")
+    lines = [f"  {s:<9} {g.get_group(s)['exam_id'].nunique():>5} exams {g.get_group(s)['patient_id'].nunique():>5} "
+             f"patients {len(g.get_group(s)):>7} images" for s in ("unlabeled", "train", "val", "test") if s in g.groups]
+    summary = df.attrs.get("split_summary", {})
+    table = summary.get("class_images", {})
+    if table:
+        classes = list(next(iter(table.values())))
+        width = [max(len(c), *(len(str(t[c])) for t in table.values())) for c in classes]
+        lines.append("  positive images per class:")
+        lines.append("  " + " " * 9 + " ".join(f"{c:>{w}}" for c, w in zip(classes, width)))
+        lines += ["  " + f"{s:<9}" + " ".join(f"{t[c]:>{w}}" for c, w in zip(classes, width)) for s, t in table.items()]
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
+    return "\n".join(lines)
+
+
+def disjointness(data: str | Path, cfg: SplitConfig) -> str:
+    """How the split keeps exams apart, as the user should read it: by patient only where ids are known."""
+    meta = open_dataset(data).meta
+    n, missing = int(meta.get("n_exams", 0)), int(meta.get("n_exams_without_patient_id", 0))
+    if cfg.by == "exam":
+        return "exam-disjoint (split.by=exam)"
+    if n and missing == n:
+        return "exam-disjoint (no patient ids)"
+    if missing:
+        return f"patient-disjoint where ids are known ({missing} of {n} exams have no patient id: each is its own patient)"
+    return "patient-disjoint"

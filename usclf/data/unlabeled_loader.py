@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.dataset import UltrasoundDataset, collate
-from ..data.sampler import ExamBatchSampler, RandomBatchSampler, on_device
 from ..errors import UsclfError
+from .dataset import UltrasoundDataset, collate
+from .sampler import ExamBatchSampler, RandomBatchSampler, on_device
 
 LABELED, UNLABELED = 0, 1
 

@@ -29,7 +29,7 @@ from torch import nn
 from ..data.transforms import eval_resize
 from ..errors import UsclfError
 from ..locks import output_lock
-from ..stages.predict import Predictor
+from ..predict.run import Predictor
 from .outputs import check_out, check_replace, commit, staging, write_marker
 
 FORMATS = ("onnx", "torchscript", "mlflow")

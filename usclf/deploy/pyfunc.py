@@ -31,7 +31,7 @@ class UsclfPyfunc(PythonModel):
     """The pyfunc model: `Predictor` + ingest's `prepare_frame` (see module docstring)."""
 
     def load_context(self, context) -> None:
-        from ..stages.predict import Predictor
+        from ..predict.run import Predictor
         self.pred = Predictor(context.artifacts[ARTIFACT], device="cpu")
 
     def predict(self, context, model_input, params=None) -> pd.DataFrame:

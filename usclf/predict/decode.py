@@ -5,7 +5,7 @@ from collections import deque
 from typing import Iterator
 
 from ..data.ingest import FileOutcome, read_and_clean_file
-from .predict_progress import Unit
+from .progress import Unit
 
 _PREFETCH = 64         # files decoded ahead of the model by the decode thread (workers=0); 0 = inline
 

@@ -1,6 +1,6 @@
 """Output side of `usclf predict`: file names per format, the resumable folder-by-folder writer, the inventory.
 
-See `usclf.stages.predict` for the resume protocol (progress log + truncation / per-folder parquet parts).
+See `usclf.predict.run` for the resume protocol (progress log + truncation / per-folder parquet parts).
 A progress line: {"unit": folder, "files": [paths relative to the input], "rows", "exams": {id: counts},
 "end": output size (csv/jsonl) | "part": parquet part name}. Lines of older versions have no "files": their
 folder counts as done as a whole.

@@ -12,7 +12,7 @@ growing export are picked up, in old folders too (their rows go after the old on
 part per folder in `<out>.parts/` (temp + rename), merged into `<out>` at the end; parts are kept for later
 runs. The inventory is summed from per-exam counts in the progress lines, never by re-reading the output.
 One run at a time per output (`<out>.parts/lock`); on a failure (a full disk too) the output is cut back to
-the last recorded folder. Symlinked folders are followed (see `predict_progress.walk_units`).
+the last recorded folder. Symlinked folders are followed (see `progress.walk_units`).
 
 Privacy: exam ids are salted hashes as in ingest (salt argument, else env USCLF_PATIENT_SALT, else random per
 run and never written: set one for ids stable across runs); paths are relative to the input folder.
@@ -39,10 +39,10 @@ from ..paths import is_no_space
 from ..eval.thresholds import apply_thresholds
 from ..models.modelfile import load_model_file
 from ..train.distributed import resolve_device
-from .predict_decode import decoded_outcomes
-from .predict_output import _Output, output_paths
-from .predict_progress import Unit, check_out, no_space_message, output_lock, walk_units
-from .scoring import head_kind
+from .decode import decoded_outcomes
+from .output import _Output, output_paths
+from .progress import Unit, check_out, no_space_message, output_lock, walk_units
+from ..stages.scoring import head_kind
 
 _CHUNK = 4096          # rows of one folder written before the folder ends (bounds memory on huge folders)
 _SYNC_EVERY = 1.0      # seconds between fsyncs of finished folders (every folder when on_unit is given)
@@ -59,7 +59,7 @@ class PredictResult:
     n_predicted: int
     n_skipped: int
     seconds: float
-    sr: object = None       # predict_sr.SRResult when --dicom-sr was asked for
+    sr: object = None       # sr.SRResult when --dicom-sr was asked for
 
 
 class Predictor:
@@ -151,7 +151,7 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
 
     `workers` > 0 decodes files in that many processes; `on_unit(folder, n_rows)` is called after each
     folder is safely recorded; `dicom_sr`: a folder for one DICOM SR per study of the DICOM inputs, written
-    from the complete output (predict_sr.py).
+    from the complete output (sr.py).
     """
     t0 = time.perf_counter()
     if batch_size < 1 or workers < 0:
@@ -162,7 +162,7 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
     if not root.is_dir():
         raise UsclfError(f"input folder not found: {root}")
     if dicom_sr is not None:
-        from .predict_sr_checks import check_sr_dir
+        from .sr_checks import check_sr_dir
         check_sr_dir(dicom_sr, root)   # before any row is written: a file, inside the input, read-only
     units = walk_units(root, {out.resolve(), exams_path.resolve(), state.resolve()})
     if all(u.note for u in units):
@@ -194,7 +194,7 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
             from None
     sr = None
     if dicom_sr is not None:
-        from .predict_sr import read_rows, write_exam_reports
+        from .sr import read_rows, write_exam_reports
         try:
             sr = write_exam_reports(read_rows(out), root, dicom_sr, pred.classes, pred.thresholds,
                                     {"method": pred.info.method, "model_sha1": run["model_sha1"]})

@@ -13,7 +13,7 @@ instances by highdicom, as the SR IODs require; nothing else of the source heade
 derived from the study UID and the model's sha1, so a rerun rewrites the same file instead of adding another.
 An SR never spans patients: a StudyInstanceUID whose files name two PatientIDs, a file with a missing or invalid
 UID, a malformed Patient / Study value (control character, over-long, a backslash splitting it into values) give
-no SR for that study but a reason row in DIR/sr_skipped.csv (predict_sr_checks.py); the predictions are kept.
+no SR for that study but a reason row in DIR/sr_skipped.csv (sr_checks.py); the predictions are kept.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .predict_sr_checks import TYPE2, UIDS, header_problem, study_problem, uid_problem
+from .sr_checks import TYPE2, UIDS, header_problem, study_problem, uid_problem
 
 
 ORGAN_CODES = {  # SNOMED CT body structures

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ..errors import UsclfError
-from .writable import check_writable_dir
+from ..paths import check_writable_dir
 
 UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 # the Patient / General Study attributes an SR copies (type 2: empty when absent) and their VRs (PS3.3 C.7.1.1,

@@ -14,19 +14,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ...config import dump_config, to_dict
-from ...data.adapters import from_npz
-from ...data.cache import CachedDataset, open_dataset
-from ...errors import UsclfError
-from ...paths import check_out_dir
-from ...eval.clustering import clustering_metrics, combination_vocabulary
-from ...eval.report import WEIGHTED
-from ...models.modelfile import data_hash
-from ...tracking import Tracker
-from ...train.distributed import resolve_device, seed_everything
-from ..scoring import class_scores, fit_matching, format_report, thresholds_and_report
-from .config import BaselineConfig
-from .registry import FitContext, get_baseline
+from ..baselines.config import BaselineConfig
+from ..baselines.registry import FitContext, get_baseline
+from ..config import dump_config, to_dict
+from ..data.adapters import from_npz
+from ..data.cache import CachedDataset, open_dataset
+from ..errors import UsclfError
+from ..paths import check_out_dir
+from ..eval.clustering import clustering_metrics, combination_vocabulary
+from ..eval.report import WEIGHTED
+from ..models.modelfile import data_hash
+from ..tracking import Tracker
+from ..train.distributed import resolve_device, seed_everything
+from .scoring import class_scores, fit_matching, format_report, thresholds_and_report
 
 CLUSTER_KEYS = ("acc", "nmi", "ari", "homogeneity", "purity")
 
@@ -136,19 +136,9 @@ def _matched_report(ds, rows, P, Y, cfg) -> pd.DataFrame | None:
 
 
 def _figure(features, clusters, Y, classes, out: Path, method: str, max_points: int) -> None:
-    from ...eval.plots import plot_embedding
+    from ..eval.plots import plot_embedding
 
     names = ["+".join(c for c, v in zip(classes, r) if v) or "none" for r in Y.astype(int)]
     plot_embedding(features, clusters, names, out / "figures" / "embedding.png", method="tsne",
                    max_points=max_points, title=f"{method}: clustered features")
 
-
-def run_baseline(args):
-    """CLI glue: options -> BaselineConfig -> baseline()."""
-    from ...config import load_config
-    from ..cli_data import _set
-
-    over = _set(args.overrides, **{"method": args.method, "data": args.data, "out": args.out, "k": args.k,
-                                   "seed": args.seed})
-    cfg = load_config(BaselineConfig, args.config, over + (["progress=false"] if args.quiet else []))
-    return baseline(cfg, tracking_uri=args.tracking_uri, resume=args.resume)

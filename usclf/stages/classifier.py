@@ -16,11 +16,12 @@ from ..data.manifest import read_image_ids
 from ..data.splits import label_fraction_mask
 from ..data.transforms import AugmentConfig
 from ..errors import UsclfError
+from ..eval.inference import infer
 from ..models.modelfile import ModelInfo, read_model_info
 from ..tracking import Tracker
 from ..train.distributed import get_dist_info
 from ..train.loop import TrainConfig, TrainResult
-from .common import DataConfig, ModelConfig, infer, preprocess_meta
+from .common import DataConfig, ModelConfig, preprocess_meta
 from .evaluate import EvaluateConfig, evaluate
 from .runner import StageContext
 from .scoring import sigmoid, val_weighted_f1

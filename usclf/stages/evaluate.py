@@ -20,12 +20,13 @@ from ..errors import UsclfError
 from ..paths import check_out_dir
 from ..eval.clustering import clustering_metrics
 from ..eval.gallery import cluster_gallery
+from ..eval.inference import infer
 from ..eval.plots import plot_embedding, plot_per_class_f1
 from ..eval.report import WEIGHTED
 from ..models.modelfile import Preprocess, load_model_file, save_model_file, update_model_info
 from ..tracking import Tracker
 from ..train.loop import resolve_device
-from .common import DataConfig, infer, open_split, rows_in
+from .common import DataConfig, open_split, rows_in
 from .scoring import format_report, head_kind, thresholds_and_report
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.dataset import UltrasoundDataset
+from ..data.unlabeled_loader import fixmatch_loader, unlabeled_dataset, unlabeled_exams_per_step, unlabeled_rows
 from ..eval.pseudo_diagnostics import truth_labels
 from ..methods import method_class
 from ..methods.semisup_base import MethodSetup, SemisupMethod
@@ -25,7 +26,6 @@ from .classifier import (ValidationF1, cfg_labelled_rows, finish_classifier, ini
 from .common import rows_in
 from .runner import StagePlan, run_stage
 from .stage_configs import SemisupConfig, check_config  # noqa: F401 (the stage's config, importable from here)
-from .unlabeled_loader import fixmatch_loader, unlabeled_dataset, unlabeled_exams_per_step, unlabeled_rows
 
 
 def schedule(cfg: SemisupConfig, n_labeled: int) -> TrainConfig:

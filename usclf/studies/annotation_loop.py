@@ -20,17 +20,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from usclf.active.suggest import frame_facts, suggest
 from usclf.config import load_config, to_dict
 from usclf.data.cache import open_dataset
+from usclf.data.ingest import IngestStageConfig
 from usclf.data.manifest import read_image_ids as _ids
 from usclf.data.splits import label_fraction_mask, split_dataset
-from usclf.stages.cli_data import IngestStageConfig
 from usclf.stages.finetune import FinetuneConfig, finetune
 from usclf.stages.pretrain import PretrainConfig, pretrain
-from usclf.stages.study import cell_name, read_metrics, run_study, study_main
-from usclf.stages.suggest import frame_facts, suggest
 from usclf.studies.cluster_check import make_data
 from usclf.studies.evidence import best_val_f1
+from usclf.studies.harness import cell_name, read_metrics, run_study, study_main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -31,11 +31,11 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from usclf.baselines.config import AEConfig, BaselineConfig
 from usclf.config import apply_overrides
 from usclf.data.adapters import from_npz
 from usclf.errors import UsclfError
-from usclf.stages.baselines.config import AEConfig, BaselineConfig
-from usclf.stages.baselines.run import baseline
+from usclf.stages.baseline import baseline
 from usclf.tracking import Tracker
 
 NAN = float("nan")

@@ -31,16 +31,7 @@ from usclf.data.simulate import SimulateConfig, simulate
 from usclf.data.transforms import AugmentConfig
 from usclf.losses.pica import pica_loss
 from usclf.models.heads import build_classifier
-
-
-def timed(fn, min_seconds: float = 3.0, warmup: int = 1) -> tuple[int, float]:
-    """Run fn() (returning an item count) repeatedly for at least min_seconds; (items, seconds)."""
-    for _ in range(warmup):
-        fn()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_seconds:
-        n += fn()
-    return n, time.perf_counter() - t0
+from usclf.studies.bench_device import step_rate_infer, timed
 
 
 def bench_ingest(tmp: Path, exams: int, size: int, workers: int = 0, fmt: str = "png") -> float:
@@ -176,7 +167,7 @@ def bench_pipeline(args) -> None:
 def bench_predict_cmd(args) -> None:
     """Predict from files vs the model forward alone, at --size (64) and 224 px; interleaved rounds, best of
     each, also per CPU-second of this process (immune to other load, blind to overlap across cores)."""
-    from usclf.stages.predict import bench_predict
+    from usclf.predict.run import bench_predict
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu, best of {args.rounds} "
           "interleaved rounds")
     with tempfile.TemporaryDirectory() as d:
@@ -201,15 +192,6 @@ def bench_predict_cmd(args) -> None:
 
 
 @torch.no_grad()
-def step_rate_infer(size: int, batch: int, with_count: bool = False):
-    """Images/s of the ResNet18 multi-label forward alone (timed part only); with_count: (rate, images run,
-    warm-up batch included)."""
-    model = build_classifier("resnet18", "multilabel", num_classes=7).eval()
-    x = torch.randn(batch, 1, size, size)
-    n, s = timed(lambda: (model(x), batch)[1], 3.0)
-    return (n / s, n + batch) if with_count else n / s
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["data", "pipeline", "predict", "ingest", "augment", "archive"],

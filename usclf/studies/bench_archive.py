@@ -83,7 +83,7 @@ def loader_rate(ds, views: tuple[str, ...], backend: str, seconds: float, worker
 
 _PREDICT_CHILD = """
 import json, resource, sys
-from usclf.stages.predict import predict
+from usclf.predict.run import predict
 r = predict(sys.argv[1], sys.argv[2], sys.argv[3], batch_size=int(sys.argv[4]), device="cpu", progress=False,
             salt="bench", workers=int(sys.argv[5]))
 print(json.dumps({"images": r.n_predicted, "rows": r.n_rows, "seconds": r.seconds,
@@ -107,7 +107,7 @@ def bench_archive(args) -> dict:
     from usclf.data.manifest import DEFAULT_CLASSES
     from usclf.models.heads import build_classifier
     from usclf.models.modelfile import ModelInfo, Preprocess, save_model_file
-    from usclf.studies.bench import step_rate_infer
+    from usclf.studies.bench_device import step_rate_infer
 
     n, res = args.frames, {"frames_asked": args.frames}
     backends = ["cpu", "device"] if "backend" in AugmentConfig.__dataclass_fields__ else ["cpu"]

@@ -1,4 +1,5 @@
-"""Shared pieces of the device benchmarks: `pipelines/bench.py augment` and `pipelines/gpu_check.sh`.
+"""Shared pieces of the benchmarks (`pipelines/bench.py`, `pipelines/gpu_check.sh`): timing, the forward rate,
+the device-augment loader.
 
     python pipelines/bench.py augment   # loader images/s with augment.backend=cpu vs device, same data,
                                         # same sampler seeds, interleaved rounds; ratios in one run
@@ -18,8 +19,28 @@ from usclf.data.ingest import IngestConfig, ingest
 from usclf.data.sampler import ExamBatchSampler, make_loader
 from usclf.data.simulate import SimulateConfig, simulate
 from usclf.data.transforms import AugmentConfig
+from usclf.models.heads import build_classifier
 
 VIEWS = {"pretrain (weak+weak)": ("weak", "weak"), "semisup unlabelled (weak+strong)": ("weak", "strong")}
+
+
+def timed(fn, min_seconds: float = 3.0, warmup: int = 1) -> tuple[int, float]:
+    """Run fn() (returning an item count) repeatedly for at least min_seconds; (items, seconds)."""
+    for _ in range(warmup):
+        fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds:
+        n += fn()
+    return n, time.perf_counter() - t0
+
+
+def step_rate_infer(size: int, batch: int, with_count: bool = False):
+    """Images/s of the ResNet18 multi-label forward alone (timed part only); with_count: (rate, images run,
+    warm-up batch included)."""
+    model = build_classifier("resnet18", "multilabel", num_classes=7).eval()
+    x = torch.randn(batch, 1, size, size)
+    n, s = timed(lambda: (model(x), batch)[1], 3.0)
+    return (n / s, n + batch) if with_count else n / s
 
 
 def simulated_cache(tmp: Path, exams: int, size: int, seed: int = 1):

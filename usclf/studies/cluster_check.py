@@ -18,12 +18,11 @@ import torch
 
 
 from usclf.config import load_config
-from usclf.data.ingest import ingest
+from usclf.data.ingest import IngestStageConfig, ingest
 from usclf.data.simulate import SimulateConfig, simulate
 from usclf.data.splits import split_dataset
 from usclf.models.heads import build_classifier
 from usclf.models.modelfile import ModelInfo, save_model_file
-from usclf.stages.cli_data import IngestStageConfig
 from usclf.stages.common import open_split, preprocess_meta
 from usclf.stages.evaluate import EvaluateConfig, evaluate
 from usclf.stages.pretrain import PretrainConfig, default_k, pretrain

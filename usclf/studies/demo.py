@@ -20,20 +20,19 @@ import pandas as pd
 
 
 from usclf.config import load_config
-from usclf.data.ingest import ingest
+from usclf.data.ingest import IngestStageConfig, ingest
 from usclf.data.simulate import SimulateConfig, format_summary, simulate
-from usclf.data.splits import split_dataset
+from usclf.data.splits import split_dataset, split_summary
 from usclf.eval.plots import plot_label_fraction_curves
 from usclf.models.modelfile import load_model_file
-from usclf.stages.cli_data import IngestStageConfig, split_summary
+from usclf.predict.run import predict
 from usclf.stages.evaluate import EvaluateConfig, evaluate
 from usclf.stages.finetune import FinetuneConfig, finetune
-from usclf.stages.predict import predict
 from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.scoring import format_report
 from usclf.stages.semisup import SemisupConfig, semisup
-from usclf.stages.study import StudyChildren, log_fraction_curves, read_metrics
 from usclf.studies.args import check_exams, check_fractions, recreate_out
+from usclf.studies.harness import StudyChildren, log_fraction_curves, read_metrics
 from usclf.tracking import Tracker
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -25,15 +25,14 @@ import pandas as pd
 from usclf.config import load_config, to_dict
 from usclf.data.ingest import IngestConfig, ingest
 from usclf.data.simulate import SimulateConfig, simulate
-from usclf.data.splits import SplitConfig, split_dataset
+from usclf.data.splits import SplitConfig, split_dataset, split_summary
 from usclf.errors import UsclfError
 from usclf.eval.plots import plot_label_fraction_curves
 from usclf.eval.pseudo_diagnostics import window_summary
-from usclf.stages.cli_data import split_summary
 from usclf.stages.finetune import FinetuneConfig, finetune
 from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.semisup import SemisupConfig, semisup
-from usclf.stages.study import log_fraction_curves, read_metrics, run_study, study_main
+from usclf.studies.harness import log_fraction_curves, read_metrics, run_study, study_main
 from usclf.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[2]

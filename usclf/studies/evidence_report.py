@@ -21,7 +21,7 @@ import pandas as pd
 
 from usclf.errors import UsclfError
 from usclf.eval.report import seeds_summary
-from usclf.stages.study import cell_name
+from usclf.studies.harness import cell_name
 
 PAPER_FIG6 = ("paper 003 (Fig. 6, Sec. 3.3.2, 10 % labels): semi-supervised from deep clustering 79.3, supervised "
               "from deep clustering 76.9, supervised from ImageNet 69.2; best model 84.1 at 100 %.")

@@ -122,7 +122,7 @@ def semisup_step(ds, plan: Plan, out: Path) -> dict[str, float]:
     """FixMatch two-head with mu = 7 (paper): B/8 labelled weak + ~7B/8 unlabelled weak+strong per step."""
     from usclf.methods import method_class
     from usclf.methods.semisup_base import MethodSetup
-    from usclf.stages.unlabeled_loader import fixmatch_loader, unlabeled_dataset, unlabeled_exams_per_step
+    from usclf.data.unlabeled_loader import fixmatch_loader, unlabeled_dataset, unlabeled_exams_per_step
     aug = AugmentConfig(size=plan.size, backend="device")
     labels = ds.labels()
     exams = ds.manifest["exam_id"].astype(str).to_numpy()

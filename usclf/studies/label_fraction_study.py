@@ -21,7 +21,7 @@ from usclf.eval.plots import plot_label_fraction_curves
 from usclf.models.backbone import find_cached_imagenet
 from usclf.stages.finetune import FinetuneConfig, finetune
 from usclf.stages.semisup import SemisupConfig, semisup
-from usclf.stages.study import read_metrics, run_study, study_main
+from usclf.studies.harness import read_metrics, run_study, study_main
 
 ROOT = Path(__file__).resolve().parents[2]
 STRATEGIES = {  # name -> (stage, init kind)

@@ -15,7 +15,7 @@ from pathlib import Path
 from usclf.config import load_config, to_dict
 from usclf.eval.plots import plot_lambda_boxplot
 from usclf.stages.pretrain import PretrainConfig, pretrain
-from usclf.stages.study import read_metrics, run_study, study_main
+from usclf.studies.harness import read_metrics, run_study, study_main
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -27,16 +27,15 @@ import numpy as np
 
 
 from usclf.config import load_config
-from usclf.data.ingest import ingest
+from usclf.data.ingest import IngestStageConfig, ingest
 from usclf.data.simulate import SimulateConfig, simulate
-from usclf.data.splits import split_dataset
+from usclf.data.splits import split_dataset, split_summary
+from usclf.errors import UsclfError
 from usclf.eval.report import seeds_summary
-from usclf.stages.cli_data import IngestStageConfig, split_summary
+from usclf.paths import check_out_dir
 from usclf.stages.finetune import FinetuneConfig, finetune
 from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.semisup import SemisupConfig, semisup
-from usclf.errors import UsclfError
-from usclf.paths import check_out_dir
 from usclf.studies.args import check_exams, check_fractions, check_seeds
 from usclf.tracking import Tracker
 

@@ -1,0 +1,1 @@
+"""Batch prediction over raw exam folders (`usclf predict`): decode, score, resumable outputs, DICOM SR."""
