@@ -48,7 +48,7 @@ def simulated_dataset(root: Path, exams: int, seed: int, fractions=(0.4, 0.2, 0.
     from usclf.cli import main
 
     raw, ds = root / "raw", root / "ds"
-    assert main(["simulate", "--exams", str(exams), "--out", str(raw), "--size", str(raw_size), "--seed",
+    assert main(["simulate", "--exams", str(exams), "--out", str(raw), "--frame-size", str(raw_size), "--seed",
                  str(seed), "--quiet"]) == 0
     splits = [f"split.{k}={v}" for k, v in zip(("unlabeled", "train", "val", "test"), fractions)]
     assert main(["ingest", str(raw), "--out", str(ds), "--labels", str(raw / "labels.csv"), "--size", str(size),

@@ -12,7 +12,7 @@ from usclf.data.manifest import validate_manifest
 
 def test_simulate_ingest_split_cli(tmp_path, capsys):
     raw, ds = tmp_path / "raw", tmp_path / "ds"
-    assert main(["simulate", "--exams", "12", "--out", str(raw), "--size", "64", "--seed", "3", "--quiet"]) == 0
+    assert main(["simulate", "--exams", "12", "--out", str(raw), "--frame-size", "64", "--seed", "3", "--quiet"]) == 0
     assert main(["ingest", str(raw), "--out", str(ds), "--labels", str(raw / "labels.csv"), "--size", "32",
                  "--quiet", "ingest.salt=s3cr3t-salt", "split.unlabeled=0.4", "split.train=0.2", "split.val=0.2", "split.test=0.2"]) == 0
     out = capsys.readouterr().out
@@ -32,6 +32,16 @@ def test_simulate_ingest_split_cli(tmp_path, capsys):
                  "test=0.2"]) == 0
     man1 = pd.read_csv(ds / "manifest_split_seed1.csv")
     assert not man1["split"].equals(man["split"])
+
+
+def test_simulate_size_is_a_deprecated_alias_of_frame_size(tmp_path, capsys, monkeypatch):
+    import usclf.cli.data as cli_data
+    seen = []
+    monkeypatch.setattr(cli_data, "simulate", lambda out, cfg, progress: seen.append(cfg.size) or {})
+    monkeypatch.setattr(cli_data, "format_summary", lambda summary: "")
+    assert main(["simulate", "--out", str(tmp_path), "--frame-size", "48"]) == 0
+    assert main(["simulate", "--out", str(tmp_path), "--size", "40", "--quiet"]) == 0
+    assert seen == [48, 40] and "--size is deprecated, use --frame-size" in capsys.readouterr().err
 
 
 def test_unknown_config_key_is_one_line_error(tmp_path, capsys):

@@ -35,7 +35,7 @@ def _stages(ds, out) -> dict[str, bytes]:
 
 def test_two_ingests_with_other_salts_give_identical_metrics(tmp_path, mlflow_uri, monkeypatch):
     raw = tmp_path / "raw"
-    assert main(["simulate", "--exams", "12", "--out", str(raw), "--size", "48", "--seed", "4", "--quiet"]) == 0
+    assert main(["simulate", "--exams", "12", "--out", str(raw), "--frame-size", "48", "--seed", "4", "--quiet"]) == 0
     _ingest(raw, tmp_path / "ds_a", monkeypatch, "salt-one")
     _ingest(raw, tmp_path / "ds_b", monkeypatch, "salt-two")
     ids_a = pd.read_csv(tmp_path / "ds_a" / "manifest.csv")["exam_id"]

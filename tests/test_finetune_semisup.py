@@ -110,7 +110,7 @@ def test_semisup_two_head_cli_from_a_pretrain_model(dataset, mlflow_uri, tmp_pat
                  "--out", str(out), "--init", str(tmp_path / "pre.pt"), "--label-fraction", "0.5", "--seed", "3",
                  *SMALL, "mu=2", "eval_every=2", "train.max_steps=4", "train.log_every=1"]) == 0
     model, meta = load_model_file(out / "model.pt")
-    assert model.head.kind == "twohead" and meta.stage == "semisup" and meta.provenance["heads"] == "two"
+    assert model.head.kind == "twohead" and meta.stage == "semisup" and meta.provenance["head"] == "twohead"
     labelled = label_fraction_mask(data.manifest, 0.5, 3)
     vocab, _ = combination_vocabulary(data.labels(np.flatnonzero(labelled)).astype(int))
     assert meta.vocab == [list(v) for v in vocab] and model.head.num_combos == len(vocab)
@@ -118,8 +118,8 @@ def test_semisup_two_head_cli_from_a_pretrain_model(dataset, mlflow_uri, tmp_pat
 
     client, run = run_of(mlflow_uri, "usclf-semisup", "semisup")
     p = run.data.params
-    assert (p["method"], p["heads"], p["init_kind"], p["fraction"], p["seed"]) == \
-        ("fixmatch-twohead", "two", "lsd", "0.5", "3")  # init kind read from the init model file
+    assert (p["method"], p["head"], p["init_kind"], p["fraction"], p["seed"]) == \
+        ("fixmatch-twohead", "twohead", "lsd", "0.5", "3")  # init kind read from the init model file
     assert p["init"] == str(tmp_path / "pre.pt")
     mask = client.get_metric_history(run.info.run_id, "step/mask_rate")
     assert len(mask) == 4 and all(0.0 <= m.value <= 1.0 for m in mask)

@@ -40,7 +40,8 @@ def _simulate(p):
     p.add_argument("--exams", type=int, help="number of exams to simulate (default 20)")
     p.add_argument("--out", required=True, help="output folder (exam sub-folders + labels.csv)")
     p.add_argument("--format", choices=["png", "dicom", "mixed"], help="file format of the frames (default png)")
-    p.add_argument("--size", type=int, help="frame size in pixels (default 128)")
+    p.add_argument("--frame-size", type=int, metavar="PX", help="frame size in pixels (default 128; key size)")
+    p.add_argument("--size", type=int, dest="size_deprecated", help=argparse.SUPPRESS)  # before --frame-size
     p.add_argument("--seed", type=int, help="random seed (default 0): same seed, same files")
     _common(p)
 

@@ -1,6 +1,7 @@
 """CLI glue for the data commands: simulate, ingest (+ split), split."""
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,8 +18,13 @@ def set_options(overrides: list[str] | None, **opts) -> list[str]:
 
 
 def run_simulate(args) -> dict:
+    size = args.frame_size
+    if args.size_deprecated is not None:
+        print("usclf simulate: warning: --size is deprecated, use --frame-size (ingest's --size is the cache size)",
+              file=sys.stderr)
+        size = size if size is not None else args.size_deprecated
     cfg = load_config(SimulateConfig, args.config, set_options(args.overrides, exams=args.exams,
-                                                               format=args.format, size=args.size, seed=args.seed))
+                                                               format=args.format, size=size, seed=args.seed))
     summary = simulate(args.out, cfg, progress=not args.quiet)
     if args.quiet:
         print(format_summary(summary))

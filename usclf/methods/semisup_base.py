@@ -90,7 +90,7 @@ class SemisupMethod:
 
     def meta(self) -> dict[str, Any]:
         """What the model file records about the method."""
-        return {"method": self.name, "heads": "one" if self.head == "multilabel" else "two",
+        return {"method": self.name, "head": self.head,
                 "vocab": [list(v) for v in self.vocab], "method_options": asdict(self.options)}
 
     def labeled_loss(self, out, y: torch.Tensor):

@@ -62,7 +62,7 @@ def _build(ctx) -> StagePlan:
     t_u = cfg.unlabeled_exams or unlabeled_exams_per_step(unlabeled.exam_ids, cfg.mu, b, cap)
     loader = fixmatch_loader(labeled, unlabeled, b, t_u, cap, cfg.eval_every, seed=cfg.train.seed,
                              rank=dist.rank, world_size=dist.world_size, workers=cfg.data.workers, pin_memory=True)
-    params = {**run_params("semisup", cfg.method, cfg, ctx, len(lab_rows)), "heads": method.meta()["heads"],
+    params = {**run_params("semisup", cfg.method, cfg, ctx, len(lab_rows)), "head": method.meta()["head"],
               "tau": cfg.tau, "lambda_u": cfg.lambda_u, "mu": cfg.mu, "unlabeled_exams_per_step": t_u,
               "K": len(method.vocab), "n_ignored_label_sets": method.n_ignored, "teacher": cfg.teacher,
               "max_steps": train_cfg.max_steps, "n_unlabeled_images": len(unl_rows)}
@@ -82,7 +82,7 @@ def _finish(ctx, plan: StagePlan, result, tracker) -> Path:
             tracker.log_artifact(f, "diagnostics")
     meta = method.meta()
     path, ev = finish_classifier(model, cfg, ctx, result, tracker, "semisup", cfg.method,
-                                 meta["vocab"], heads=meta["heads"], method_options=meta["method_options"],
+                                 meta["vocab"], head=meta["head"], method_options=meta["method_options"],
                                  teacher=cfg.teacher, tau=cfg.tau, lambda_u=cfg.lambda_u, mu=cfg.mu,
                                  n_train_images=n_lab, n_unlabeled_images=n_unl)
     vocab = method.vocab
