@@ -3,7 +3,7 @@
 The study lives in usclf/studies/annotation_loop.py (usage in its docstring)."""
 import sys
 
-from usclf.studies.annotation_loop import main
+from usclf.studies.entry import run_study_cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_study_cli("annotation-loop", prog="pipelines/annotation_loop.py"))

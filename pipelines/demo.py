@@ -3,7 +3,7 @@
 The study lives in usclf/studies/demo.py (usage in its docstring)."""
 import sys
 
-from usclf.studies.demo import main
+from usclf.studies.entry import run_study_cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_study_cli("demo", prog="pipelines/demo.py"))

@@ -3,7 +3,7 @@
 The study lives in usclf/studies/evidence.py (usage in its docstring)."""
 import sys
 
-from usclf.studies.evidence import main
+from usclf.studies.entry import run_study_cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_study_cli("evidence", prog="pipelines/evidence.py"))

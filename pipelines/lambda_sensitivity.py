@@ -3,7 +3,7 @@
 The study lives in usclf/studies/lambda_sensitivity.py (usage in its docstring)."""
 import sys
 
-from usclf.studies.lambda_sensitivity import main
+from usclf.studies.entry import run_study_cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_study_cli("lambda", prog="pipelines/lambda_sensitivity.py"))

@@ -101,15 +101,23 @@ def lock_file(path: str | Path, out: str | Path, command: str, remove: bool = Fa
 
 @contextmanager
 def output_lock(out: str | Path, command: str, shown: str | Path | None = None) -> Iterator[None]:
-    """One writer per output: hold `lock_path(out)` (the parent folder is created if needed)."""
+    """One writer per output: hold `lock_path(out)`. Parent folders are created if needed and removed again
+    when the run leaves them empty (a run refused on its arguments leaves no trace)."""
     path = lock_path(out)
-    if not path.parent.is_dir():
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsclfError(f"cannot write {shown or out}: {e.strerror}") from None
-    with lock_file(path, shown or out, command, remove=True):
-        yield
+    made = [q for q in (path.parent, *path.parent.parents) if not q.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsclfError(f"cannot write {shown or out}: {e.strerror}") from None
+    try:
+        with lock_file(path, shown or out, command, remove=True):
+            yield
+    finally:
+        for q in made:          # deepest first; a folder the run wrote into is not empty and stays
+            try:
+                q.rmdir()
+            except OSError:
+                break
 
 
 @contextmanager

@@ -217,18 +217,6 @@ def _suggest(p):
     _common(p, config=False)
 
 
-def _study_out(argv: list[str]) -> str | None:
-    """The `--out` of a study's command line (None with --help or without one)."""
-    if "-h" in argv or "--help" in argv:
-        return None
-    for i, a in enumerate(argv):
-        if a == "--out" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--out="):
-            return a[len("--out="):]
-    return None
-
-
 def run_study_command(argv: list[str]) -> int:
     """`usclf study NAME [ARGS...]`: the study's own command line (same as `python pipelines/NAME.py`)."""
     if not argv or argv[0] in ("-h", "--help"):
@@ -239,23 +227,8 @@ def run_study_command(argv: list[str]) -> int:
     if argv[0] not in STUDIES:
         print(f"usclf study: error: unknown study '{argv[0]}'; valid: {', '.join(STUDIES)}", file=sys.stderr)
         return 2
-    import importlib
-    from contextlib import nullcontext
-    from pathlib import Path
-
-    from ..locks import output_lock
-    out = _study_out(argv[1:])
-    # one writer per study --out (when its folder's parent exists: the lock is not allowed to create folders)
-    lock = output_lock(out, f"study {argv[0]}") if out and Path(out).absolute().parent.is_dir() else nullcontext()
-    try:
-        with lock:
-            return int(importlib.import_module(f"usclf.studies.{STUDIES[argv[0]][0]}").main(argv[1:]) or 0)
-    except UsclfError as e:  # a study reports the project's errors like every command: one line, exit 2
-        print(f"usclf study {argv[0]}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"usclf study {argv[0]}: interrupted", file=sys.stderr)
-        return 130
+    from ..studies.entry import run_study_cli  # locks the study's output and prints its errors as one line
+    return run_study_cli(argv[0], argv[1:])
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -228,8 +228,9 @@ def plot_loop(full: pd.DataFrame, png: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    return study_main("annotation_loop", __doc__, AnnotationLoopConfig, run, argv)
+    return study_main("annotation-loop", __doc__, AnnotationLoopConfig, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from usclf.studies.entry import run_study_cli
+    sys.exit(run_study_cli("annotation-loop"))

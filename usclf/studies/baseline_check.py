@@ -36,6 +36,7 @@ from usclf.config import apply_overrides
 from usclf.data.adapters import from_npz
 from usclf.errors import UsclfError
 from usclf.stages.baseline import baseline
+from usclf.studies.entry import study_lock
 from usclf.tracking import Tracker
 
 NAN = float("nan")
@@ -243,8 +244,10 @@ def main(argv=None) -> int:
         p.error("--epochs takes SECTION=N with SECTION in ae, cae, dcec, idcec and N >= 1; --ae-epochs N >= 1")
     out = Path(a.out or Path("baseline_check_out") / a.dataset)
     try:
-        table = run(out, a.data, a.seeds, a.methods, a.ae_epochs, a.tracking_uri, a.dataset, epochs, a.overrides,
-                    a.report and Path(a.report), shlex.join(["python", "pipelines/baseline_check.py", *argv]))
+        with study_lock("baseline-check", out):
+            table = run(out, a.data, a.seeds, a.methods, a.ae_epochs, a.tracking_uri, a.dataset, epochs,
+                        a.overrides, a.report and Path(a.report),
+                        shlex.join(["python", "pipelines/baseline_check.py", *argv]))
     except UsclfError as e:
         print(f"baseline_check: error: {e}", file=sys.stderr)
         return 2
@@ -253,4 +256,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from usclf.studies.entry import run_study_cli
+    sys.exit(run_study_cli("baseline-check"))

@@ -27,6 +27,7 @@ from usclf.stages.common import open_split, preprocess_meta
 from usclf.stages.evaluate import EvaluateConfig, evaluate
 from usclf.stages.pretrain import PretrainConfig, default_k, pretrain
 from usclf.studies.args import check_exams, check_positive
+from usclf.studies.entry import study_lock
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -82,6 +83,11 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=10, help="pretraining epochs")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
     args = p.parse_args(argv)
+    with study_lock("cluster-check", args.out):   # before any check that could write
+        return _main(args)
+
+
+def _main(args) -> int:
     check_exams(args.exams)
     check_positive("--size", args.size, 32, strict=False)
     check_positive("--epochs", args.epochs, 1, strict=False)
@@ -92,4 +98,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from usclf.studies.entry import run_study_cli
+    sys.exit(run_study_cli("cluster-check"))

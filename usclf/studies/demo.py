@@ -33,6 +33,7 @@ from usclf.stages.scoring import format_report
 from usclf.stages.semisup import SemisupConfig, semisup
 from usclf.studies.args import check_exams, check_fractions, recreate_out
 from usclf.studies.harness import StudyChildren, log_fraction_curves, read_metrics
+from usclf.studies.entry import study_lock
 from usclf.tracking import Tracker
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -54,6 +55,11 @@ def main(argv=None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="extra overrides for every training stage (e.g. train.device=cpu)")
     args = p.parse_args(argv)
+    with study_lock("demo", args.out):   # before any check that could write
+        return _main(args)
+
+
+def _main(args) -> int:
     out = Path(args.out).resolve()
     check_exams(args.exams)
     check_fractions("--fractions", args.fractions)
@@ -144,4 +150,5 @@ def story(args, out: Path, uri: str, data: Path, common: list[str], parent: Trac
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from usclf.studies.entry import run_study_cli
+    sys.exit(run_study_cli("demo"))

@@ -22,6 +22,7 @@ import pandas as pd
 from usclf.errors import UsclfError
 from usclf.eval.report import seeds_summary
 from usclf.studies.harness import cell_name
+from usclf.studies.entry import study_lock
 
 PAPER_FIG6 = ("paper 003 (Fig. 6, Sec. 3.3.2, 10 % labels): semi-supervised from deep clustering 79.3, supervised "
               "from deep clustering 76.9, supervised from ImageNet 69.2; best model 84.1 at 100 %.")
@@ -216,6 +217,11 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="docs/results.md", help="Markdown file to write")
     p.add_argument("--intro", default="", help="a file whose text goes before the tables")
     args = p.parse_args(argv)
+    with study_lock("evidence-report", args.out):   # before any check that could write
+        return _main(args)
+
+
+def _main(args) -> int:
     out = Path(args.out)
     for r in args.run:   # every run folder checked before img/ or the report is written
         if not (Path(r) / "results.csv").is_file() or not (Path(r) / "label_fractions.png").is_file():
@@ -234,4 +240,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from usclf.studies.entry import run_study_cli
+    sys.exit(run_study_cli("evidence-report"))

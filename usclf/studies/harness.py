@@ -22,7 +22,6 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..config import load_config
-from ..errors import UsclfError
 from ..eval.report import seeds_summary
 from ..tracking import PARENT_TAG, Tracker, mlflow_key
 
@@ -148,16 +147,16 @@ class StudyChildren:
 
 
 def study_main(name: str, doc: str, cfg_cls, run: Callable, argv=None) -> int:
-    """Command line of a study pipeline: --config YAML, key=value overrides, one-line errors."""
+    """Command line of a study pipeline (`name`: its key in usclf.cli.STUDIES): --config YAML, key=value overrides,
+    an exclusive lock on the config's `out`; errors are raised for usclf.studies.entry to print as one line."""
     p = argparse.ArgumentParser(prog=name, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="study YAML (see configs/study_*.yaml)")
     p.add_argument("--tracking-uri", help="MLflow URI (default: env MLFLOW_TRACKING_URI or ./mlflow.db)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="study config overrides")
     args = p.parse_args(argv)
-    try:
-        run(load_config(cfg_cls, args.config, args.overrides), args.tracking_uri, not args.quiet)
-    except UsclfError as e:
-        print(f"{name}: error: {e}", file=sys.stderr)
-        return 2
+    from ..studies.entry import study_lock
+    cfg = load_config(cfg_cls, args.config, args.overrides)
+    with study_lock(name, cfg.out):     # one writer per study output
+        run(cfg, args.tracking_uri, not args.quiet)
     return 0

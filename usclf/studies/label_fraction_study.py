@@ -52,7 +52,7 @@ def _imagenet_available(backbone: str) -> bool:
 
 
 def main(argv=None) -> int:
-    return study_main("label_fraction_study", __doc__, LabelFractionStudyConfig, run, argv)
+    return study_main("label-fractions", __doc__, LabelFractionStudyConfig, run, argv)
 
 
 def run(cfg: LabelFractionStudyConfig, tracking_uri: str | None = None, progress: bool = True):
@@ -95,4 +95,5 @@ def run(cfg: LabelFractionStudyConfig, tracking_uri: str | None = None, progress
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from usclf.studies.entry import run_study_cli
+    sys.exit(run_study_cli("label-fractions"))

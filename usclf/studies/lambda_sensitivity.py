@@ -52,8 +52,9 @@ def run(cfg: LambdaStudyConfig, tracking_uri: str | None = None, progress: bool 
 
 
 def main(argv=None) -> int:
-    return study_main("lambda_sensitivity", __doc__, LambdaStudyConfig, run, argv)
+    return study_main("lambda", __doc__, LambdaStudyConfig, run, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from usclf.studies.entry import run_study_cli
+    sys.exit(run_study_cli("lambda"))

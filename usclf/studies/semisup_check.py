@@ -37,6 +37,7 @@ from usclf.stages.finetune import FinetuneConfig, finetune
 from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.semisup import SemisupConfig, semisup
 from usclf.studies.args import check_exams, check_fractions, check_seeds
+from usclf.studies.entry import study_lock
 from usclf.tracking import Tracker
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -89,6 +90,11 @@ def main(argv=None) -> int:
                    help="extra overrides for every finetune/semisup run (e.g. train.max_steps=200)")
     p.add_argument("--rerun", action="store_true", help="re-run arms/seeds already in OUT/results.json")
     args = p.parse_args(argv)
+    with study_lock("semisup-check", args.out):   # before any check that could write
+        return _main(args)
+
+
+def _main(args) -> int:
     check_exams(args.exams)
     check_fractions("--fraction", [args.fraction])
     check_seeds("--seeds", args.seeds)
@@ -140,4 +146,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from usclf.studies.entry import run_study_cli
+    sys.exit(run_study_cli("semisup-check"))

@@ -1,0 +1,34 @@
+"""One entry for every study: `usclf study NAME ...` and `python pipelines/MODULE.py ...` run the same code, take
+the same exclusive lock on the study's output (`study_lock`, called by each study once its --out is known, before
+any check that could write) and report the project's errors the same way: one line, exit 2 (Ctrl-C: 130)."""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from typing import ContextManager
+
+from ..errors import UsclfError
+from ..locks import output_lock
+
+
+def study_lock(name: str, out: str | Path) -> ContextManager[None]:
+    """One writer per study output: a second `usclf study NAME` / `python pipelines/...` on `out` stops with
+    `OUT is being written by another usclf study NAME (pid N)`, before it writes anything."""
+    return output_lock(out, f"study {name}")
+
+
+def run_study_cli(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Run study `name` (a key of usclf.cli.STUDIES) with `argv`; errors as `PROG: error: ...`, exit 2."""
+    from ..cli import STUDIES
+
+    prog = prog or f"usclf study {name}"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return int(importlib.import_module(f"usclf.studies.{STUDIES[name][0]}").main(argv) or 0)
+    except UsclfError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
