@@ -106,6 +106,7 @@ def test_lock_in_process(tmp_path):
             with output_lock(out, "suggest"):
                 pass
     assert not lock_path(out).exists() and not out.exists()
+    assert not (tmp_path / "a").exists()                             # the parent it made, empty again, is gone
     with output_lock(out, "suggest"):                                # free again
         pass
 

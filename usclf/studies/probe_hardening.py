@@ -215,9 +215,17 @@ def build_world(root: Path) -> World:
 TRAIN = ["augment.size=32", "data.batch_size=4", "figures=false", "train.epochs=1"]
 
 
-def report(rows: list[dict], secs: float, out: Path) -> str:
-    """The table as Markdown (written to `out`, the CSV beside it) with the counts per outcome."""
+def report(rows: list[dict], secs: float, out: Path | None, merge: bool = False, order=()) -> str:
+    """The table as Markdown (written to `out`, the CSV beside it) with the counts per outcome; `merge`: the rows
+    replace the same cases of the report already at `out` (table in `order`)."""
     df = pd.DataFrame(rows, columns=["case", "issue", "what", "outcome", "secs", "detail"])
+    when = f" ({secs / 60:.1f} min on this machine)"
+    if merge:
+        when = f" (re-run now with --only: {', '.join(df['case'])}; the others from the last full run)"
+    if merge and out and out.with_suffix(".csv").is_file():   # --only: update these cases in the last report
+        old = pd.read_csv(out.with_suffix(".csv"), keep_default_na=False)
+        df = pd.concat([old[~old["case"].isin(df["case"])], df]).set_index("case").reindex(
+            [c for c in order if c in set(old["case"]) | set(df["case"])]).reset_index()
     counts = df["outcome"].value_counts()
     summary = ", ".join(f"{counts.get(o, 0)} {o}" for o in OUTCOMES if counts.get(o, 0) or o == "ok")
     cell = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
@@ -225,7 +233,7 @@ def report(rows: list[dict], secs: float, out: Path) -> str:
           "Written by `python pipelines/probe_hardening.py` (usclf/studies/probe_hardening.py, cases in "
           "probe_cases.py): every case of issue 24's \"Why\" re-run as a real `usclf` (or `python pipelines/...`) "
           "process on 8 simulated DICOM exams and one tiny finetuned model.", "",
-          f"**{len(df)} cases: {summary}** ({secs / 60:.1f} min on this machine).", "",
+          f"**{len(df)} cases: {summary}**{when}.", "",
           "| case | issue | what | outcome | s | detail |", "|---|---|---|---|---|---|"]
     md += [f"| {r.case} | {r.issue} | {cell(r.what)} | {r.outcome} | {r.secs:.0f} | {cell(r.detail)} |"
            for r in df.itertuples()]
@@ -248,6 +256,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     t0 = time.monotonic()
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix="usclf-probe-"))
+    work.mkdir(parents=True, exist_ok=True)
     try:
         w = build_world(work.resolve())
         print(f"world built in {time.monotonic() - t0:.0f} s", flush=True)
@@ -263,7 +272,7 @@ def main(argv=None) -> int:
             rows.append(dict(case=name, issue=issue, what=what, outcome=outcome, secs=time.monotonic() - t1,
                              detail=detail))
             print(f"{outcome:<13} {name:<34} {detail[:110]}", flush=True)
-        print(report(rows, time.monotonic() - t0, Path(a.out) if a.out else None))
+        print(report(rows, time.monotonic() - t0, Path(a.out) if a.out else None, bool(a.only), list(CASES)))
     finally:
         if not a.work:
             shutil.rmtree(work, ignore_errors=True)

@@ -5,12 +5,13 @@ a study left out without its reason row in sr_skipped.csv "silent-wrong"."""
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import pandas as pd
 
-from .probe_hardening import World, case, crashed, refused, small_model, usclf
+from .probe_hardening import World, case, crashed, readonly_dir, refused, small_model, usclf
 
 
 def exams_of_two_patients(w: World) -> list[str]:
@@ -29,8 +30,10 @@ def sr_input(w: World, name: str, mutate: Callable | None, exams: int = 1) -> Pa
         shutil.copytree(w.raw / ex, d / "in" / ex)
         for f in sorted((d / "in" / ex).glob("*.dcm")) if mutate else []:
             ds = pydicom.dcmread(f)
-            mutate(ds, i)
-            ds.save_as(f)
+            with warnings.catch_warnings():     # pydicom warns about the very values the case writes
+                warnings.simplefilter("ignore")
+                mutate(ds, i)
+                ds.save_as(f)
     return d
 
 
