@@ -68,6 +68,7 @@ def test_cells_land_as_they_finish_a_rerun_skips_them_and_report_reads_the_csv(t
     assert "ae.epochs=2" in rows.loc[rows.method == "dec", "settings"].iloc[0]
     assert rows["command"].str.startswith("python pipelines/baseline_check.py --dataset usps").all()
     assert rows["machine"].str.contains("torch CPU").all() and (rows["commit"] != "").all()
+    assert (rows["cpu_s"] > 0).all() and (rows["resumed"] == "").all()
     assert ((rows["top_cluster"] >= 0.33) & (rows["top_cluster"] <= 1)).all() and (rows["wall_s"] >= 0).all()
 
     before, n_calls = res.read_bytes(), len(calls)
@@ -104,16 +105,18 @@ def test_a_killed_run_keeps_finished_cells_and_the_rerun_does_only_the_rest(tmp_
     fail.add(("dec", 0))
     with pytest.raises(KeyboardInterrupt):
         mod.run(tmp_path / "out", **kw)
-    kept = pd.read_csv(res)
+    kept = pd.read_csv(res, keep_default_na=False)
     assert sorted(zip(kept["method"], kept["seed"])) == [("ae-kmeans", 0), ("kmeans", 0)]
     assert [p.name for p in res.parent.iterdir() if p.name.startswith(".")] == []   # no temp file left
+    assert res.stat().st_mode & 0o777 == 0o644
 
     fail.clear()
     calls.clear()
     mod.run(tmp_path / "out", **kw)
     assert [c[:3] for c in calls] == [("dec", 0, True), ("kmeans", 1, False), ("ae-kmeans", 1, False),
                                       ("dec", 1, False)]          # the killed cell resumes from its checkpoints
-    rows = pd.read_csv(res)
+    rows = pd.read_csv(res, keep_default_na=False)
+    assert rows.loc[(rows.method == "dec") & (rows.seed == 0), "resumed"].tolist() == ["yes"]
     assert len(rows) == 6 and rows.iloc[:2].equals(kept) and not rows.duplicated(["method", "seed"]).any()
 
     # DEC alone on a new seed: its autoencoder's cell runs first and lands too; the DEC cell pretrains nothing

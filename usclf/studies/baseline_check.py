@@ -6,12 +6,12 @@ USPS and MNIST-test (paper 004 Tables 3 and 2).
     python pipelines/baseline_check.py --report        # docs/baselines.md from the results file alone
 
 A cell is one (data set, method, seed). Each finished cell is added at once to the results file (default
-docs/baselines/results.csv: ACC, NMI, ARI as fractions, the largest cluster's share, wall time, machine,
-settings, command, commit); a rerun skips the cells already there with the same settings, so an interrupted
-run loses at most the cell it was in, and that cell resumes from its training checkpoints under OUT (default
-baseline_check_out/DATASET). DEC and IDEC start from the seed's AE + k-means autoencoder (that cell runs
-first when its autoencoder is missing, and its wall time holds the pretraining); IDEC + graph, DCEC and
-IDCEC pretrain their own.
+docs/baselines/results.csv: ACC, NMI, ARI as fractions, the largest cluster's share, wall and CPU seconds,
+machine, settings, command, commit); a rerun skips the cells already there with the same settings, so an
+interrupted run loses at most the cell it was in, and that cell resumes from its training checkpoints under
+OUT (default baseline_check_out/DATASET; its row then says resumed, and its times are the last attempt's).
+DEC and IDEC start from the seed's AE + k-means autoencoder (that cell runs first when its autoencoder is
+missing, and its times hold the pretraining); IDEC + graph, DCEC and IDCEC pretrain their own.
 
 Settings: --ae-epochs N (every autoencoder), --epochs SECTION=N (ae: AE + k-means / DEC / IDEC / IDEC + graph;
 cae; dcec; idcec), --set KEY=VALUE (any baseline setting, e.g. dcec.cluster.max_steps=500). Those a method
@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import shlex
+import stat
 import subprocess
 import sys
 import tempfile
@@ -44,8 +45,8 @@ from usclf.studies.baseline_specs import (DATASETS, DIGITS, EXPERIMENT, METRICS,
                                           config_items, method_config, read_results, setting_items)
 from usclf.tracking import Tracker
 
-COLUMNS = ["dataset", "method", "seed", "acc", "nmi", "ari", "top_cluster", "wall_s", "machine", "settings",
-           "command", "commit"]
+COLUMNS = ["dataset", "method", "seed", "acc", "nmi", "ari", "top_cluster", "wall_s", "cpu_s", "resumed", "machine",
+           "settings", "command", "commit"]
 RESULTS = Path("docs/baselines/results.csv")
 REPORT = Path("docs/baselines.md")
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +70,7 @@ def append_result(path: Path, row: dict) -> None:
             writer.writerows(rows)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o644)   # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -149,12 +151,13 @@ def run(out: Path, data: Path | None = None, seeds: list[int] = (0, 1, 2), metho
             if m in SHARED_AE:
                 ae = cell_dir(out, cell_settings("ae-kmeans", items, note), seed, "ae-kmeans") / "autoencoder.pt"
                 cfg.ae = dataclasses.replace(cfg.ae, weights=str(ae))
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             res = baseline(cfg, tracking_uri=tracking_uri, resume=resume, parent_run_id=parent.run_id)
-            wall, met = time.time() - t0, res["metrics"]
+            wall, cpu, met = time.time() - t0, time.process_time() - c0, res["metrics"]
             share = np.bincount(np.asarray(res["assignments"]).argmax(1)).max() / len(res["rows"])
             row = {"dataset": dataset, "method": m, "seed": seed, **{k: f"{met[f'all/{k}']:.6f}" for k in METRICS},
-                   "top_cluster": f"{share:.4f}", "wall_s": f"{wall:.1f}", "machine": who, "settings": settings,
+                   "top_cluster": f"{share:.4f}", "wall_s": f"{wall:.1f}", "cpu_s": f"{cpu:.1f}",
+                   "resumed": "yes" if resume else "", "machine": who, "settings": settings,
                    "command": command, "commit": at}
             key = (dataset, m, seed, settings)
             if key not in done:

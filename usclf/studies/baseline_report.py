@@ -45,9 +45,13 @@ def _row(method: str, settings: str, cells: list[dict], spec: Spec) -> str:
         parts += [_summary(values[k], digits), _num(paper[i], digits)]
     top = [float(c["top_cluster"]) for c in cells]
     wall = [float(c["wall_s"]) for c in cells]
+    cpu = [float(c["cpu_s"]) for c in cells if c.get("cpu_s")]
+    cpu_text = f"; CPU {statistics.fmean(cpu):.0f}" if cpu else ""
+    resumed = " (resumed*)" if any(c.get("resumed") for c in cells) else ""
     seeds = " ".join(sorted((c["seed"] for c in cells), key=int))
     return (f"| {method} | {settings and f'`{settings}`' or 'papers'} | {seeds} | " + " | ".join(parts)
-            + f" | {min(top):.2f}–{max(top):.2f} | {statistics.fmean(wall):.0f} [{min(wall):.0f}, {max(wall):.0f}] |")
+            + f" | {min(top):.2f}–{max(top):.2f} | {statistics.fmean(wall):.0f} [{min(wall):.0f}, {max(wall):.0f}]"
+            + f"{cpu_text}{resumed} |")
 
 
 def _not_run(name: str, spec: Spec, rows: list[dict]) -> list[str]:
@@ -77,7 +81,7 @@ def dataset_section(name: str, rows: list[dict]) -> str:
     lines = [f"## {spec.title} ({name}): paper {spec.paper} {spec.table}", "",
              f"Clustered: {spec.clustered}, K = {spec.k}; values in {unit}.", ""]
     if keys:
-        lines += [f"| method | settings | seeds | {head} | largest cluster | s / cell mean [min, max] |",
+        lines += [f"| method | settings | seeds | {head} | largest cluster | wall s / cell mean [min, max]; CPU s |",
                   "|" + "---|" * 12]
         lines += [_row(m, s, sorted(groups[(m, s)], key=lambda c: int(c["seed"])), spec) for m, s in keys]
         lines.append("")
@@ -112,8 +116,10 @@ def write_report(results: Path, path: Path) -> str:
              "data set, method, seed); rebuild it rather than edit it, only the Notes block at the end is kept. "
              "mean ± sd [min, max] over the seeds listed; Δ ACC = usclf mean − paper, **bold** where more than "
              f"{BELOW:g} points below; largest cluster = share of the images in the biggest cluster (1.00: one "
-             "cluster). DEC and IDEC start from the same seed's AE + k-means autoencoder, so their wall time "
-             "excludes its pretraining (counted in the AE + k-means cell).", "", "Machines:"]
+             "cluster). Wall and CPU seconds per cell (CPU: this process, all threads; it moves less than wall "
+             "time when the machine is shared); *resumed: an interrupted cell finished from its checkpoints, its "
+             "times are the last attempt's only. DEC and IDEC start from the same seed's AE + k-means autoencoder, "
+             "so their times exclude its pretraining (counted in the AE + k-means cell).", "", "Machines:"]
     lines += [f"- {who} ({n} cells)" for who, n in machines.items()] or ["- none yet"]
     for name in DATASETS:
         lines += ["", dataset_section(name, [r for r in rows if r["dataset"] == name])]
