@@ -1,11 +1,16 @@
-"""The baseline_check study on a tiny USPS-layout .npz: table layout, paper columns, Markdown report sections."""
+"""The baseline_check study on a tiny USPS-layout .npz: cells land in the results file as they finish, a rerun
+skips them, a killed run keeps them, and the report is rebuilt from the results file alone."""
 from __future__ import annotations
+
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from usclf.studies import baseline_check as mod
+from usclf.studies import baseline_specs as specs
 
 
 def _tiny_usps(path, per_class: int = 20, seed: int = 0):
@@ -22,54 +27,106 @@ def _tiny_usps(path, per_class: int = 20, seed: int = 0):
     return path
 
 
-TINY = ["dcec.filters=[4,8,8]", "dcec.batch_size=32", "dcec.cluster.max_steps=10",
-        "dcec.cluster.update_interval=5", "dcec.cluster.batch_size=32", "features.n_init=3", "k=3"]
+TINY = ["ae.dims=[8,8,3]", "ae.epochs=2", "ae.batch_size=32", "dec.max_steps=10", "dec.batch_size=32",
+        "features.n_init=2", "k=3"]
 
 
-def test_usps_spec_tiny_run_table_and_report(tmp_path, mlflow_uri):
-    data = _tiny_usps(tmp_path / "tiny_usps.npz")
-    report = tmp_path / "docs" / "baselines.md"
-    table = mod.run(tmp_path / "out", data, seeds=[0, 1], methods=["kmeans", "dcec"], dataset="usps",
-                    epochs={"dcec": 2}, overrides=TINY, report=report, tracking_uri=mlflow_uri)
+@pytest.fixture
+def spy(monkeypatch):
+    """Every baseline() call of the study as (method, seed, resume, ae.weights); raises where told to."""
+    calls, fail = [], set()
 
-    assert list(table.index) == ["kmeans", "dcec"]
-    for k in ("acc", "nmi", "ari"):
-        for s in ("mean", "sd", "min", "max"):
-            assert table[f"{k}_{s}"].notna().all(), f"{k}_{s}"
-        assert (table[f"{k}_min"] <= table[f"{k}_mean"]).all() and (table[f"{k}_mean"] <= table[f"{k}_max"]).all()
-    # the paper columns come from paper 004 Table 3, as fractions
-    assert tuple(table.loc["kmeans", ["paper_004_acc", "paper_004_nmi", "paper_004_ari"]]) == (0.668, 0.626, 0.545)
-    assert tuple(table.loc["dcec", ["paper_004_acc", "paper_004_nmi", "paper_004_ari"]]) == (0.790, 0.826, 0.764)
-    # the three patterns are trivially separable: k-means on raw pixels finds them (fractions, not %)
-    assert table.loc["kmeans", "acc_min"] > 0.95 and table.loc["kmeans", "nmi_min"] > 0.9
-    assert 0 <= table.loc["dcec", "acc_mean"] <= 1
-    assert table.loc["dcec", "training"].startswith("AE 2 ep, <= 10 steps")
-    runs = pd.read_csv(tmp_path / "out" / "baseline_check_runs.csv")
-    assert sorted(zip(runs["method"], runs["seed"])) == [("dcec", 0), ("dcec", 1), ("kmeans", 0), ("kmeans", 1)]
-    # all 60 images of x_train + x_test were clustered (fit_splits ["all"])
-    assert len(pd.read_csv(tmp_path / "out" / "seed0" / "kmeans" / "assignments.csv")) == 60
+    def wrapped(cfg, **kw):
+        calls.append((cfg.method, cfg.seed, kw.get("resume"), cfg.ae.weights))
+        if (cfg.method, cfg.seed) in fail:
+            Path(cfg.out).mkdir(parents=True)
+            raise KeyboardInterrupt   # a run killed while in this cell
+        return real(cfg, **kw)
 
-    text = report.read_text()
-    assert text.count("<!-- baseline_check:usps -->") == 1 and text.count("<!-- /baseline_check:usps -->") == 1
-    assert "pipelines/baseline_check.py --dataset usps" in text and "--epochs dcec=2" in text
-    assert "dcec.cluster.max_steps=10" in text and "seeds: 0 1" in text and "60 images" in text
-    rows = [line for line in text.splitlines() if line.startswith("| kmeans |") or line.startswith("| dcec |")]
-    assert len(rows) == 2 and "| 0.668 |" in rows[0] and "| 0.790 |" in rows[1] and " ± " in rows[0]
-    assert "AE 2 ep" in text and "official DCEC code" in text
+    real = mod.baseline
+    monkeypatch.setattr(mod, "baseline", wrapped)
+    return calls, fail
 
-    # a second dataset's section is added after the first, which is kept verbatim; a rerun replaces only its own
-    usps_block = text[text.index("<!-- baseline_check:usps -->"):text.index("<!-- /baseline_check:usps -->")]
-    meta = {"command": "python pipelines/baseline_check.py --dataset mnist-test", "seconds": 1.0, "seeds": [0],
-            "n_images": 60, "k": 10, "fit_splits": ["test"]}
-    mod.update_report(report, "mnist-test", mod.report_section("mnist-test", table, meta))
-    mod.update_report(report, "mnist-test", mod.report_section("mnist-test", table, {**meta, "seconds": 7.0}))
-    both = report.read_text()
-    assert usps_block in both and both.index("baseline_check:usps") < both.index("baseline_check:mnist-test")
-    assert both.count("<!-- baseline_check:mnist-test -->") == 1 and "wall time: 7 s" in both
-    assert "| 0.542 |" in both                       # paper 004 Table 2 k-means ACC
-    mod.update_report(report, "usps", "replaced")
-    assert "replaced" in report.read_text() and usps_block not in report.read_text()
-    assert "<!-- baseline_check:mnist-test -->" in report.read_text()
+
+def test_cells_land_as_they_finish_a_rerun_skips_them_and_report_reads_the_csv(tmp_path, mlflow_uri, spy, capsys):
+    calls, _ = spy
+    data, res, md = _tiny_usps(tmp_path / "tiny_usps.npz"), tmp_path / "results.csv", tmp_path / "docs" / "b.md"
+    kw = dict(data=data, seeds=[0, 1], methods=["kmeans", "ae-kmeans", "dec"], dataset="usps", overrides=TINY,
+              results=res, tracking_uri=mlflow_uri)
+    new = mod.run(tmp_path / "out", **kw)
+    rows = pd.read_csv(res, keep_default_na=False)
+    assert list(rows.columns) == mod.COLUMNS and len(new) == len(rows) == 6
+    assert sorted(zip(rows["method"], rows["seed"])) == sorted((m, s) for m in kw["methods"] for s in (0, 1))
+    assert not any(r[2] for r in calls)                       # new cells: nothing to resume
+    ae_settings = rows.loc[rows.method == "ae-kmeans", "settings"].iloc[0]
+    assert [c[3] for c in calls if c[0] == "dec"] == [
+        str(mod.cell_dir(tmp_path / "out", ae_settings, seed, "ae-kmeans") / "autoencoder.pt") for seed in (0, 1)]
+    km = rows[rows.method == "kmeans"]
+    assert (km["acc"] > 0.95).all() and (rows[["acc", "nmi", "ari"]] <= 1).all().all()
+    assert km["settings"].iloc[0] == f"features.n_init=2 k=3 data={data}"        # only what k-means uses
+    assert "dec.max_steps=10" in rows.loc[rows.method == "dec", "settings"].iloc[0]
+    assert "ae.epochs=2" in rows.loc[rows.method == "dec", "settings"].iloc[0]
+    assert rows["command"].str.startswith("python pipelines/baseline_check.py --dataset usps").all()
+    assert rows["machine"].str.contains("torch CPU").all() and (rows["commit"] != "").all()
+    assert (rows["cpu_s"] > 0).all() and (rows["resumed"] == "").all()
+    assert ((rows["top_cluster"] >= 0.33) & (rows["top_cluster"] <= 1)).all() and (rows["wall_s"] >= 0).all()
+
+    before, n_calls = res.read_bytes(), len(calls)
+    capsys.readouterr()
+    assert mod.run(tmp_path / "out", **kw) == []
+    assert res.read_bytes() == before and len(calls) == n_calls    # skipped: no run, no new or lost row
+    assert capsys.readouterr().out.count("baseline_check: skip usps") == 6
+    # other settings are other cells
+    mod.run(tmp_path / "out", **{**kw, "seeds": [0], "methods": ["kmeans"], "overrides": TINY + ["features.n_init=3"]})
+    assert len(pd.read_csv(res)) == 7
+
+    assert mod.main(["--report", str(md), "--results", str(res)]) == 0
+    text = md.read_text()
+    assert "## USPS (usps): paper 004 Table 3" in text and "## BreastMNIST (breastmnist)" in text
+    kmeans_rows = [line for line in text.splitlines() if line.startswith("| kmeans |")]
+    assert len(kmeans_rows) == 2 and "| 0 1 |" in kmeans_rows[0] and "| 0.668 |" in kmeans_rows[0]
+    assert " ± " in kmeans_rows[0] and "features.n_init=3" in kmeans_rows[1]
+    assert "| dec |" in text and "| 0.733 |" in text and "AE 2 ep, <= 10 steps" in text
+    assert "not run: kmeans, ae-kmeans, dec, idec, dcec, idcec (seeds 0 1 2): `python pipelines/baseline_check.py " \
+           "--dataset usps --methods kmeans ae-kmeans dec idec dcec idcec --seeds 0 1 2`" in text
+    assert rows["command"].iloc[0] in text and rows["machine"].iloc[0] in text
+    # from the CSV alone: the run folders are not needed, and the notes block survives a rebuild
+    shutil.rmtree(tmp_path / "out")
+    md.write_text(text.replace("(measured reasons for the gaps go here)", "a measured reason"))
+    assert mod.main(["--report", str(md), "--results", str(res)]) == 0
+    assert md.read_text() == text.replace("(measured reasons for the gaps go here)", "a measured reason")
+
+
+def test_a_killed_run_keeps_finished_cells_and_the_rerun_does_only_the_rest(tmp_path, mlflow_uri, spy, capsys):
+    calls, fail = spy
+    data, res = _tiny_usps(tmp_path / "tiny_usps.npz"), tmp_path / "results.csv"
+    kw = dict(data=data, seeds=[0, 1], methods=["kmeans", "ae-kmeans", "dec"], dataset="usps", overrides=TINY,
+              results=res, tracking_uri=mlflow_uri)
+    fail.add(("dec", 0))
+    with pytest.raises(KeyboardInterrupt):
+        mod.run(tmp_path / "out", **kw)
+    kept = pd.read_csv(res, keep_default_na=False)
+    assert sorted(zip(kept["method"], kept["seed"])) == [("ae-kmeans", 0), ("kmeans", 0)]
+    assert [p.name for p in res.parent.iterdir() if p.name.startswith(".")] == []   # no temp file left
+    assert res.stat().st_mode & 0o777 == 0o644
+
+    fail.clear()
+    calls.clear()
+    mod.run(tmp_path / "out", **kw)
+    assert [c[:3] for c in calls] == [("dec", 0, True), ("kmeans", 1, False), ("ae-kmeans", 1, False),
+                                      ("dec", 1, False)]          # the killed cell resumes from its checkpoints
+    rows = pd.read_csv(res, keep_default_na=False)
+    assert rows.loc[(rows.method == "dec") & (rows.seed == 0), "resumed"].tolist() == ["yes"]
+    assert len(rows) == 6 and rows.iloc[:2].equals(kept) and not rows.duplicated(["method", "seed"]).any()
+
+    # DEC alone on a new seed: its autoencoder's cell runs first and lands too; the DEC cell pretrains nothing
+    calls.clear()
+    mod.run(tmp_path / "out", **{**kw, "seeds": [2], "methods": ["dec"]})
+    assert [c[:2] for c in calls] == [("ae-kmeans", 2), ("dec", 2)]
+    assert "that cell first" in capsys.readouterr().out
+    assert sorted(pd.read_csv(res).query("seed == 2")["method"]) == ["ae-kmeans", "dec"]
+    dec_dir = next((tmp_path / "out").glob("s-*/seed2/dec"))
+    assert not (dec_dir / "ae_checkpoints").exists() and (dec_dir / "dec_checkpoints" / "last.pt").is_file()
 
 
 def test_cli_help_and_bad_options(capsys):
@@ -84,13 +141,19 @@ def test_cli_help_and_bad_options(capsys):
     assert "not found" in capsys.readouterr().err
 
 
-def test_epochs_options_reach_the_method_configs(tmp_path):
-    spec = mod.DATASETS["usps"]
-    cfg = mod.method_config("idcec", 0, tmp_path, tmp_path, spec, ae_epochs=7, epochs={"dcec": 3},
-                            overrides=["idcec.cnn.epochs=2"])
-    assert (cfg.idcec.epochs, cfg.dcec.epochs, cfg.ae.epochs, cfg.idcec.cnn.epochs) == (7, 3, 7, 2)
+def test_settings_reach_the_method_configs_and_name_only_what_a_method_uses(tmp_path):
+    spec = specs.DATASETS["usps"]
+    items = specs.setting_items(ae_epochs=7, epochs={"dcec": 3}, overrides=["idcec.cnn.epochs=2", "ae.epochs=5"])
+    cfg = specs.method_config("idcec", 0, tmp_path, tmp_path, spec, [f"{k}={v}" for k, v in items.items()])
+    assert (cfg.idcec.epochs, cfg.dcec.epochs, cfg.ae.epochs, cfg.idcec.cnn.epochs) == (7, 3, 5, 2)
     assert cfg.k == 10 and cfg.fit_splits == ["all"] and not cfg.figures
-    assert mod.training_lengths(cfg) == "AE 7 ep, <= 4000 steps, CNN 2 ep x 1 rounds"
-    assert mod.method_config("dec", 0, tmp_path, tmp_path, mod.DATASETS["mnist-test"]).fit_splits == ["test"]
+    assert specs.training_lengths(cfg) == "AE 7 ep, <= 4000 steps, CNN 2 ep x 1 rounds"
+    assert specs.method_config("dec", 0, tmp_path, tmp_path, specs.DATASETS["mnist-test"]).fit_splits == ["test"]
+    assert specs.cell_settings("idcec", items) == "idcec.cnn.epochs=2 idcec.epochs=7"
+    assert specs.cell_settings("kmeans", items) == "" and specs.cell_settings("kmeans", {"k": "3"}, "x.npz") == \
+        "k=3 data=x.npz"
+    assert specs.cell_settings("idec", {**items, "dec.tol": "0", "graph.k": "2"}) == "ae.epochs=5 dec.tol=0"
+    assert "graph.k=2" in specs.cell_settings("idec-graph", {"graph.k": "2"})
+    assert specs.config_items("ae.epochs=5 data=x.npz") == ["ae.epochs=5"]
     assert mod._section_epochs(["ae=5", "idcec=9"]) == {"ae": 5, "idcec": 9}
     assert mod._section_epochs(["foo=5"]) is None and mod._section_epochs(["dcec"]) is None

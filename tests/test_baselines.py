@@ -177,11 +177,11 @@ def test_config_file_states_the_defaults():
 def test_breastmnist_check_pipeline_structure(tmp_path, mlflow_uri):
     from usclf.studies import baseline_check as mod
 
-    table = mod.run(tmp_path, BREASTMNIST, seeds=[0], methods=["kmeans", "ae-kmeans", "dec"], ae_epochs=2,
-                    tracking_uri=mlflow_uri)
-    assert list(table.index) == ["kmeans", "ae-kmeans", "dec"]
-    assert table.loc["kmeans", "paper_000_acc"] == 55.0 and table.loc["kmeans", "acc_mean"] == pytest.approx(55, abs=1)
-    assert (tmp_path / "baseline_check.csv").is_file()
+    rows = mod.run(tmp_path, BREASTMNIST, seeds=[0], methods=["kmeans", "ae-kmeans", "dec"], ae_epochs=2,
+                   tracking_uri=mlflow_uri, results=tmp_path / "results.csv")
+    assert [r["method"] for r in rows] == ["kmeans", "ae-kmeans", "dec"]
+    assert float(rows[0]["acc"]) == pytest.approx(0.55, abs=0.01) and rows[0]["settings"] == ""
+    assert len(mod.read_results(tmp_path / "results.csv")) == 3
     client = MlflowClient(mlflow_uri)
     runs = client.search_runs([client.get_experiment_by_name("usclf-baseline-check").experiment_id])
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
