@@ -66,8 +66,9 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
                     "collect_only=true"]) == 0
     part = pd.read_csv(out / "results.csv")
     assert part.equals(res[res["split_seed"] == 0].reset_index(drop=True))
-    assert ev.main(["--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet", f"out={tmp_path / 'none'}",
-                    "collect_only=true"]) == 2
+    # nothing to collect: one line, exit 2, through the entry `usclf study` and `python pipelines/...` share
+    assert cli.main(["study", "evidence", "--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet",
+                     f"out={tmp_path / 'none'}", "collect_only=true"]) == 2
     md = tmp_path / "docs" / "results.md"
     assert rep.main(["--run", str(out), "--out", str(md)]) == 0
     text = md.read_text()
