@@ -3,7 +3,7 @@
 The probe lives in usclf/studies/probe_hardening.py (usage in its docstring)."""
 import sys
 
-from usclf.studies.probe_hardening import main
+from usclf.studies.probe_run import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,6 +11,7 @@ import sys
 from typing import Callable
 
 from ..errors import UsclfError
+from ..studies.entry import STUDIES  # noqa: F401  (name -> (module, help); `usclf study` lists it)
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
 
@@ -156,18 +157,6 @@ def _predict(p):
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 # study name -> (module under usclf.studies, one line for --help); import-light so --help stays fast
-STUDIES = {
-    "demo": ("demo", "the `make demo` story on simulated exams"),
-    "evidence": ("evidence", "label-efficiency evidence run: strategies x fractions x seeds x split seeds"),
-    "evidence-report": ("evidence_report", "write docs/results.md from evidence run folders"),
-    "label-fractions": ("label_fraction_study", "paper Fig. 6: strategies x label fractions x seeds"),
-    "lambda": ("lambda_sensitivity", "paper Fig. 5: PICA vs LSD over lambda x seeds"),
-    "cluster-check": ("cluster_check", "deep clustering vs the same backbone untrained"),
-    "semisup-check": ("semisup_check", "FixMatch two-head vs supervised from one LSD checkpoint"),
-    "baseline-check": ("baseline_check", "clustering baselines against their papers' tables"),
-    "annotation-loop": ("annotation_loop", "simulated annotation loop: usclf suggest vs uncertainty vs random"),
-    "bench": ("bench", "throughput benchmarks (the source of every speed claim)"),
-}
 
 
 @command("export", "model file -> ONNX / TorchScript / MLflow pyfunc model, checked against PyTorch; optionally "

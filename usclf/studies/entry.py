@@ -12,6 +12,20 @@ from ..errors import UsclfError
 from ..locks import output_lock
 
 
+STUDIES = {  # `usclf study NAME` -> (module in usclf.studies, help)
+    "demo": ("demo", "the `make demo` story on simulated exams"),
+    "evidence": ("evidence", "label-efficiency evidence run: strategies x fractions x seeds x split seeds"),
+    "evidence-report": ("evidence_report", "write docs/results.md from evidence run folders"),
+    "label-fractions": ("label_fraction_study", "paper Fig. 6: strategies x label fractions x seeds"),
+    "lambda": ("lambda_sensitivity", "paper Fig. 5: PICA vs LSD over lambda x seeds"),
+    "cluster-check": ("cluster_check", "deep clustering vs the same backbone untrained"),
+    "semisup-check": ("semisup_check", "FixMatch two-head vs supervised from one LSD checkpoint"),
+    "baseline-check": ("baseline_check", "clustering baselines against their papers' tables"),
+    "annotation-loop": ("annotation_loop", "simulated annotation loop: usclf suggest vs uncertainty vs random"),
+    "bench": ("bench", "throughput benchmarks (the source of every speed claim)"),
+}
+
+
 def study_lock(name: str, out: str | Path) -> ContextManager[None]:
     """One writer per study output: a second `usclf study NAME` / `python pipelines/...` on `out` stops with
     `OUT is being written by another usclf study NAME (pid N)`, before it writes anything."""
@@ -19,9 +33,7 @@ def study_lock(name: str, out: str | Path) -> ContextManager[None]:
 
 
 def run_study_cli(name: str, argv: list[str] | None = None, prog: str | None = None) -> int:
-    """Run study `name` (a key of usclf.cli.STUDIES) with `argv`; errors as `PROG: error: ...`, exit 2."""
-    from ..cli import STUDIES
-
+    """Run study `name` (a key of STUDIES) with `argv`; errors as `PROG: error: ...`, exit 2."""
     prog = prog or f"usclf study {name}"
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

@@ -147,7 +147,7 @@ class StudyChildren:
 
 
 def study_main(name: str, doc: str, cfg_cls, run: Callable, argv=None) -> int:
-    """Command line of a study pipeline (`name`: its key in usclf.cli.STUDIES): --config YAML, key=value overrides,
+    """Command line of a study pipeline (`name`: its key in usclf.studies.entry.STUDIES): --config YAML, key=value overrides,
     an exclusive lock on the config's `out`; errors are raised for usclf.studies.entry to print as one line."""
     p = argparse.ArgumentParser(prog=name, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="study YAML (see configs/study_*.yaml)")
