@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Callable
 
-from ..errors import UsclfError
+from ..errors import run_reporting
 from ..studies.entry import STUDIES  # noqa: F401  (name -> (module, help); `usclf study` lists it)
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
@@ -254,15 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # key=value overrides given after options land here (argparse stops positionals early)
         args.overrides = list(args.overrides or []) + extra
     module, func = COMMANDS[args.command][2].split(":")
-    try:
+
+    def call():
         import importlib
-        fn = getattr(importlib.import_module(module), func)
-        fn(args)
-    except UsclfError as e:
-        print(f"usclf {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"usclf {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        getattr(importlib.import_module(module), func)(args)
+
+    return run_reporting(f"usclf {args.command}", call)
 

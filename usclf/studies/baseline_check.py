@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import shlex
 import stat
 import subprocess
@@ -44,6 +43,7 @@ from usclf.studies.baseline_report import write_report
 from usclf.studies.baseline_specs import (DATASETS, DIGITS, EXPERIMENT, METRICS, ORDER, SHARED, cell_settings,
                                           config_items, method_config, read_results, setting_items)
 from usclf.studies.entry import study_lock
+from usclf.studies.machine import machine_fingerprint
 from usclf.tracking import Tracker
 
 COLUMNS = ["dataset", "method", "seed", "acc", "nmi", "ari", "top_cluster", "wall_s", "cpu_s", "resumed", "machine",
@@ -76,20 +76,6 @@ def append_result(path: Path, row: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def machine() -> str:
-    """CPU model, torch's CPU kernel level, threads (and the GPU when there is one): numbers move between CPUs."""
-    import torch
-
-    model = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = f"{model}; torch CPU {torch.backends.cpu.get_cpu_capability()}; {torch.get_num_threads()} threads"
-    return text + (f"; {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "")
 
 
 def commit() -> str:
@@ -142,7 +128,7 @@ def run(out: Path, data: Path | None = None, seeds: list[int] = (0, 1, 2), metho
     if not todo:
         return []
     _adapt(data, out / "dataset")
-    who, at, new = machine(), commit(), []
+    who, at, new = machine_fingerprint(short=True), commit(), []
     params = {"dataset": dataset, "data": str(data), "seeds": seeds, "methods": methods, "settings": items}
     with Tracker(tracking_uri, EXPERIMENT, f"{dataset}-{spec.table.lower().replace(' ', '')}", params) as parent:
         def cell(m: str, seed: int, settings: str) -> dict:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import ContextManager
 
-from ..errors import UsclfError
+from ..errors import run_reporting
 from ..locks import output_lock
 
 
@@ -36,11 +36,4 @@ def run_study_cli(name: str, argv: list[str] | None = None, prog: str | None = N
     """Run study `name` (a key of STUDIES) with `argv`; errors as `PROG: error: ...`, exit 2."""
     prog = prog or f"usclf study {name}"
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        return int(importlib.import_module(f"usclf.studies.{STUDIES[name][0]}").main(argv) or 0)
-    except UsclfError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting(prog, lambda: importlib.import_module(f"usclf.studies.{STUDIES[name][0]}").main(argv))

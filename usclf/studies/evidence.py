@@ -33,6 +33,7 @@ from usclf.stages.finetune import FinetuneConfig, finetune
 from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.semisup import SemisupConfig, semisup
 from usclf.studies.harness import log_fraction_curves, read_metrics, run_study, study_main
+from usclf.studies.machine import machine_fingerprint
 from usclf.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -237,18 +238,6 @@ def collect(out: Path) -> pd.DataFrame:
         (out / "machine.txt").write_text(machine_fingerprint() + "\n")
     print(f"collected {len(res)} finished cells -> {out / 'results.csv'}")
     return write_tables(out, res, gather("pretrain"))
-
-
-def machine_fingerprint() -> str:
-    """CPU, its torch kernel level and thread count: float results repeat byte for byte only on the same."""
-    import platform
-
-    import torch
-
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
-    return (f"{cpu}; torch {torch.__version__} CPU kernels {torch.backends.cpu.get_cpu_capability()}, "
-            f"{torch.get_num_threads()} threads")
 
 
 def main(argv=None) -> int:
