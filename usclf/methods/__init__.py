@@ -2,35 +2,38 @@
 
 A semi-supervised method owns its options (a dataclass, the `options:` section of the semisup config,
 validated on load), the model head it needs, its step and any state that must be checkpointed.
-A clustering method owns its loss. The catalogue below is import-light so `--help` can list it.
+A clustering method owns its loss. The catalogue (configs/methods.yaml) is import-light so `--help` can list it.
 """
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 from ..errors import UsclfError
 
-# name -> ("module:Class", one line for --help)
-SEMISUP = {
-    "fixmatch-onehead": ("usclf.methods.fixmatch:FixMatchOneHead",
-                         "paper Sec. 2.3.2 i: sigmoid head, pseudo-label p >= 0.5 kept when max p >= tau"),
-    "fixmatch-twohead": ("usclf.methods.fixmatch:FixMatchTwoHead",
-                         "paper Sec. 2.3.2 ii: FixMatch on a softmax over label combinations + sigmoid head"),
-    "fixmatch-twohead-ml": ("usclf.methods.fixmatch:FixMatchTwoHeadML",
-                            "two heads; an accepted label set also trains the predicting sigmoid head (BCE, ours)"),
-    "freematch-twohead": ("usclf.methods.freematch:FreeMatchTwoHead",
-                          "two heads, FreeMatch self-adaptive global/per-combination thresholds (Wang et al. 2023)"),
-    "fixmatch-da-twohead": ("usclf.methods.distalign:FixMatchDATwoHead",
-                            "two heads, weak-view probabilities aligned to the labelled combination distribution "
-                            "(ReMixMatch distribution alignment)"),
-    "cap-onehead": ("usclf.methods.cap:CAPOneHead",
-                    "one head, per-class thresholds that keep each class at its labelled share (CAP, NeurIPS 2023)"),
-}
-PRETRAIN = {
-    "pica": ("usclf.methods.clustering:PICA", "PICA (Huang et al. 2020): cluster-assignment cosines + size entropy"),
-    "lsd": ("usclf.methods.clustering:LSD", "PICA with the symmetric-Dirichlet cluster-size prior (paper Eqs. 5-7)"),
-}
-_TABLES = {"semisup": SEMISUP, "pretrain": PRETRAIN}
+REGISTRY_FILE = Path(__file__).resolve().parents[2] / "configs" / "methods.yaml"
+
+
+def _load_registry(path: Path = REGISTRY_FILE) -> dict[str, dict[str, tuple[str, str]]]:
+    """{family: {name: ("module:Class", help line)}} from configs/methods.yaml, in file order."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise UsclfError(f"cannot read the method registry {path}: {e}") from e
+    tables: dict[str, dict[str, tuple[str, str]]] = {}
+    for family in ("semisup", "pretrain"):
+        entries = (raw or {}).get(family) or {}
+        for name, spec in entries.items():
+            if not isinstance(spec, dict) or ":" not in str(spec.get("class", "")):
+                raise UsclfError(f"{path}: {family}.{name} needs `class: module:Class` and `help:`")
+        tables[family] = {str(n): (str(s["class"]), str(s.get("help", ""))) for n, s in entries.items()}
+    return tables
+
+
+_TABLES = _load_registry()
+SEMISUP, PRETRAIN = _TABLES["semisup"], _TABLES["pretrain"]
 
 
 def method_class(kind: str, name: str):

@@ -33,7 +33,7 @@ class CAPOneHead(SemisupMethod):
         prior = torch.tensor(self.setup.y_labeled.mean(axis=0), dtype=torch.float32)
         return {"prior": prior, "pool": torch.zeros(0, prior.numel())}
 
-    def unlabeled_loss(self, out_weak, out_strong):
+    def unlabeled_loss(self, out_weak, out_strong, idx=None):
         with torch.no_grad():
             probs = torch.sigmoid(out_weak.detach().float())
             old = self.state["pool"]

@@ -38,7 +38,7 @@ class FixMatchDATwoHead(SemisupMethod):
                 counts[self.vocab.index(tuple(row))] += 1
         return {"p_model": torch.full((k,), 1.0 / k), "p_target": counts / counts.sum()}
 
-    def unlabeled_loss(self, out_weak, out_strong):
+    def unlabeled_loss(self, out_weak, out_strong, idx=None):
         with torch.no_grad():
             probs = torch.softmax(out_weak[0].detach().float(), dim=1)
             p_model = dist_align_update(self.state["p_model"].to(probs.device), probs, self.options.momentum)

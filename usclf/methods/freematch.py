@@ -33,7 +33,7 @@ class FreeMatchTwoHead(SemisupMethod):
     def init_state(self):
         return freematch_init(len(self.vocab))
 
-    def unlabeled_loss(self, out_weak, out_strong):
+    def unlabeled_loss(self, out_weak, out_strong, idx=None):
         loss, info, self.state = freematch_unlabeled(out_weak[0], out_strong[0], self.state, self.options.momentum)
         if self.options.fairness:
             loss = loss + self.options.fairness * freematch_fairness(out_strong[0], info["mask"], self.state)

@@ -38,6 +38,7 @@ class MethodSetup:
     teacher: str = "student"           # student | ema: who makes the pseudo-labels
     truth: np.ndarray | None = None    # per manifest row, NaN = unknown; diagnostics only
     diagnostics: bool = True           # False: no per-step pseudo-label bookkeeping (no host copy per step)
+    unlabeled_rows: np.ndarray | None = None  # manifest rows of the unlabelled pool: a row's index in it is `idx`
 
 
 def combo_targets(y: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
@@ -79,9 +80,26 @@ class SemisupMethod:
     def init_state(self) -> dict[str, Any]:
         return {}
 
-    def unlabeled_loss(self, out_weak, out_strong) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """L_u and info {'mask_rate', 'pseudo_ml' (N x C 0/1), 'mask_ml' (N x C bool)}."""
+    def unlabeled_loss(self, out_weak, out_strong, idx) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_u and info {'mask_rate', 'pseudo_ml' (N x C 0/1), 'mask_ml' (N x C bool)}; `idx` (N, long) is each
+        unlabelled image's position in the pool (`MethodSetup.unlabeled_rows`; None when not given), the key
+        of per-sample state such as FlexMatch's (USB's idx_ulb)."""
         raise NotImplementedError
+
+    def pool_index(self, rows: torch.Tensor | None) -> torch.Tensor | None:
+        """Positions of manifest `rows` in the unlabelled pool (None without a pool or rows)."""
+        pool = self.setup.unlabeled_rows
+        if pool is None or rows is None:
+            return None
+        if not hasattr(self, "_pool_sorted"):
+            self._pool_order = np.argsort(pool, kind="stable")
+            self._pool_sorted = np.asarray(pool)[self._pool_order]
+        r = rows.detach().cpu().numpy()
+        pos = np.searchsorted(self._pool_sorted, r)
+        pos = np.minimum(pos, len(self._pool_sorted) - 1)
+        if len(self._pool_sorted) == 0 or not np.array_equal(self._pool_sorted[pos], r):
+            raise UsclfError("an unlabelled batch holds a row outside the method's unlabelled pool")
+        return torch.as_tensor(self._pool_order[pos], dtype=torch.long, device=rows.device)
 
     # ------------------------------------------------------------ shared
     def model_sizes(self) -> dict[str, int]:
@@ -118,7 +136,8 @@ class SemisupMethod:
                 raise UsclfError("teacher=ema needs train.ema (the EMA decay, e.g. 0.999)")
             with torch.no_grad():
                 out_weak = teacher(weak)
-        l_u, info = self.unlabeled_loss(out_weak, _part(out, nl + nu, nl + 2 * nu))
+        idx = self.pool_index(unl.get("row"))
+        l_u, info = self.unlabeled_loss(out_weak, _part(out, nl + nu, nl + 2 * nu), idx)
         metrics = {"loss_sup": l_sup.detach(), "loss_u": l_u.detach(), "mask_rate": info["mask_rate"],
                    "n_unlabeled": float(nu)}
         metrics.update({f"loss_{k}": v.detach() for k, v in parts.items()})

@@ -36,12 +36,13 @@ def schedule(cfg: SemisupConfig, n_labeled: int) -> TrainConfig:
     return replace(cfg.train, max_steps=max(int(cfg.train.max_steps or 0), steps))
 
 
-def build_method(cfg: SemisupConfig, ds, lab_rows: np.ndarray) -> SemisupMethod:
-    """The configured method, built from the labelled rows (and the truth, for diagnostics only)."""
+def build_method(cfg: SemisupConfig, ds, lab_rows: np.ndarray, unl_rows: np.ndarray | None = None) -> SemisupMethod:
+    """The configured method, built from the labelled rows, the unlabelled pool (per-sample state is keyed
+    by a row's position in it) and the truth (diagnostics only)."""
     truth = truth_labels(ds) if cfg.diagnostics else None
     setup = MethodSetup(classes=list(ds.classes), y_labeled=ds.labels(lab_rows).astype(int), tau=cfg.tau,
                         lambda_u=cfg.lambda_u, min_count=cfg.min_count, teacher=cfg.teacher, truth=truth,
-                        diagnostics=cfg.diagnostics)
+                        diagnostics=cfg.diagnostics, unlabeled_rows=unl_rows)
     return method_class("semisup", cfg.method)(setup, cfg.options)
 
 
@@ -51,7 +52,7 @@ def _build(ctx) -> StagePlan:
     unl_rows = unlabeled_rows(ds, cfg.unlabeled_splits, lab_rows, cfg.unlabeled_train_rest)
     val = ValidationF1(ds, rows_in(ds, [cfg.dev_split], "validation images"), cfg.augment, cfg.data)
     rows_in(ds, [cfg.test_split], "test images")  # fail now rather than after training
-    method = build_method(cfg, ds, lab_rows)
+    method = build_method(cfg, ds, lab_rows, unl_rows)
     seed_everything(cfg.train.seed)  # the new head's (and a random backbone's) init follows the seed
     model = build_classifier(cfg.model.backbone, method.head, init=cfg.model.init,
                              imagenet_weights=cfg.model.imagenet_weights, **method.model_sizes())
