@@ -213,3 +213,31 @@ def test_an_sr_folder_inside_the_input_is_refused(world, tmp_path, capsys):
         assert rc == 2 and len(err.strip().splitlines()) == 1 and "inside the input folder" in err, err
     assert sorted(p.relative_to(inp) for p in inp.rglob("*")) == before
     assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("values, why", [
+    ({"StudyInstanceUID": None}, "no StudyInstanceUID"),
+    ({"StudyInstanceUID": ""}, "no StudyInstanceUID"),
+    ({"StudyInstanceUID": "not a uid!"}, "invalid StudyInstanceUID 'not a uid!'"),
+    ({"SOPClassUID": None}, "no SOPClassUID"),
+    ({"PatientName": "Doe^Jane\x07"}, "PatientName holds a control character"),
+    ({"PatientID": "P" * 80}, "PatientID is longer than 64 characters (DICOM LO)"),
+    ({"PatientID": "PAT\\OTHER"}, "PatientID holds 2 values"),
+], ids=["no-study-uid", "empty-study-uid", "invalid-study-uid", "no-sop-class", "control-character",
+        "long-lo", "backslash-patient-id"])
+def test_one_study_with_a_bad_header_gets_its_reason_on_the_sr_line_and_no_sr(world, tmp_path, capsys, values,
+                                                                                why):
+    """The probe's single-study cases: every file of the one study carries the bad value; the predictions are
+    written, no SR is (none holding the malformed value), and the SR line and sr_skipped.csv give the reason."""
+    exam = _exams(world[1])[0]
+    inp = tmp_path / "in"
+    shutil.copytree(exam, inp / exam.name)
+    _edit(inp / exam.name, **values)
+    rc, out, err = _predict(world, inp, tmp_path, capsys=capsys)
+    assert rc == 0 and "Traceback" not in err, err
+    assert (pd.read_csv(tmp_path / "p.csv")["status"] == "predicted").any()
+    assert not list((tmp_path / "sr").glob("*.dcm"))
+    line = [ln for ln in out.splitlines() if "DICOM SR" in ln][0]
+    assert "0 structured reports" in line and why in line, line
+    skipped = pd.read_csv(tmp_path / "sr" / "sr_skipped.csv", dtype=str, keep_default_na=False)
+    assert len(skipped) == 1 and why in skipped["reason"].item(), skipped

@@ -61,6 +61,10 @@ def test_suggest_refuses_a_model_of_another_image_size_or_class_list(world, tmp_
                                                        preprocess=Preprocess({"size": 64}, input_size=32)))
     assert _suggest(world, tmp_path / "o", model=tmp_path / "px64.pt") == 2
     _err(capsys, "suggest", "cache images are 32 px", "reads 64 px")
+    save_model_file(tmp_path / "px16.pt", m, ModelInfo(ds.classes, "finetune", thresholds=[0.5] * len(ds.classes),
+                                                       preprocess=Preprocess({"size": 16}, input_size=32)))
+    assert _suggest(world, tmp_path / "o", model=tmp_path / "px16.pt") == 2    # a smaller model on a larger cache
+    _err(capsys, "suggest", "cache images are 32 px", "reads 16 px")
     three = ["liver", "kidney", "spleen"]
     m3 = calibrated(build_classifier("resnet18", "multilabel", num_classes=3), ds.images)
     save_model_file(tmp_path / "c3.pt", m3, ModelInfo(three, "finetune", thresholds=[0.5] * 3,
@@ -100,9 +104,15 @@ def test_suggest_seed_range(world, tmp_path, capsys):
 def test_a_text_file_as_model_and_a_folder_as_config_say_what_they_are(world, tmp_path, capsys):
     tmp, ds_path, _ = world
     (tmp_path / "notes.txt").write_text("epochs: 5\n")
-    assert main(["predict", "--model", str(tmp_path / "notes.txt"), "--input", str(tmp / "raw"), "--out",
-                 str(tmp_path / "p.csv"), "--quiet"]) == 2
-    _err(capsys, "predict", "is not a usclf model file")
+    (tmp_path / "m.pt").write_text("hello, I am not a model\n")      # a text file named like a model
+    for model in ("notes.txt", "m.pt"):
+        assert main(["predict", "--model", str(tmp_path / model), "--input", str(tmp / "raw"), "--out",
+                     str(tmp_path / "p.csv"), "--quiet"]) == 2
+        assert "checkpoint" not in _err(capsys, "predict", "is not a usclf model file", "not a PyTorch file")
+        assert main(["export", "--model", str(tmp_path / model), "--format", "onnx", "--out",
+                     str(tmp_path / "x.onnx"), "--quiet"]) == 2
+        assert "checkpoint" not in _err(capsys, "export", "is not a usclf model file", "not a PyTorch file")
+    assert not (tmp_path / "p.csv").exists() and not (tmp_path / "x.onnx").exists()
     assert main(["finetune", "--config", str(tmp_path), "--data", str(ds_path), "--out", str(tmp_path / "o")]) == 2
     _err(capsys, "finetune", "is a folder")
 
@@ -111,12 +121,16 @@ def test_a_text_file_as_model_and_a_folder_as_config_say_what_they_are(world, tm
 @pytest.mark.parametrize("value", ["[1,2]", "{a: 1}", "null"])
 def test_a_list_or_mapping_where_a_number_is_expected_names_the_key(world, tmp_path, capsys, value):
     _, ds_path, _ = world
-    assert main(["finetune", "--data", str(ds_path), "--out", str(tmp_path / "o"), f"train.epochs={value}"]) == 2
-    _err(capsys, "finetune", "train.epochs")
-    (tmp_path / "c.yaml").write_text(f"train:\n  optim:\n    lr: {value}\n")
-    assert main(["finetune", "--config", str(tmp_path / "c.yaml"), "--data", str(ds_path), "--out",
-                 str(tmp_path / "o")]) == 2
-    _err(capsys, "finetune", "train.optim.lr")
+    what = {"[1,2]": "a list [1, 2]", "{a: 1}": "a mapping {'a': 1}", "null": "None"}[value]
+    for key, expected in (("train.epochs", "an integer"), ("train.optim.lr", "a number")):
+        assert main(["finetune", "--data", str(ds_path), "--out", str(tmp_path / "o"), f"{key}={value}"]) == 2
+        _err(capsys, "finetune", f"config key '{key}': expected {expected}, got {what}")
+        *parents, leaf = key.split(".")                              # the same value in a YAML --config
+        yaml = "".join(f"{'  ' * i}{k}:\n" for i, k in enumerate(parents)) + f"{'  ' * len(parents)}{leaf}: {value}\n"
+        (tmp_path / "c.yaml").write_text(yaml)
+        assert main(["finetune", "--config", str(tmp_path / "c.yaml"), "--data", str(ds_path), "--out",
+                     str(tmp_path / "o")]) == 2
+        _err(capsys, "finetune", f"config key '{key}': expected {expected}, got {what}")
     assert not (tmp_path / "o").exists()
 
 

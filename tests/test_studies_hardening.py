@@ -89,7 +89,8 @@ def test_demo_recreates_only_its_own_folder(tmp_path):
     ("cluster-check", ["--exams", "0"], "--exams"), ("cluster-check", ["--size", "8"], "--size"),
     ("cluster-check", ["--epochs", "0"], "--epochs"), ("cluster-check", ["--lr", "0"], "--lr"),
     ("semisup-check", ["--exams", "0"], "--exams"), ("semisup-check", ["--fraction", "1.5"], "--fraction"),
-    ("semisup-check", ["--seeds", "-1"], "--seeds"), ("semisup-check", ["--lsd", "missing.pt"], "--lsd")])
+    ("semisup-check", ["--seeds", "-1"], "--seeds"), ("semisup-check", ["--lsd", "missing.pt"], "--lsd"),
+    ("demo", ["--exams", "0"], "--exams must be >= 20")])                 # demo into a new --out
 def test_check_studies_bad_values_are_one_line_and_create_nothing(study, tmp_path, name, bad, part):
     r = study(name, "--out", str(tmp_path / "o"), *bad)
     _one_line(r, name, part)
@@ -104,9 +105,13 @@ def test_evidence_report_of_a_missing_run_leaves_no_img_folder(study, tmp_path):
     assert list(out.parent.iterdir()) == []
 
 
-def test_a_second_study_into_one_out_is_one_line(study, tmp_path):
+@pytest.mark.parametrize("name, args", [("cluster-check", ["--out", "{out}", "--exams", "0"]),
+                                        ("evidence", ["out={out}", "--quiet"])])      # out as a config key
+def test_a_second_study_into_one_out_is_one_line(study, tmp_path, name, args):
     from usclf.locks import output_lock
 
-    with output_lock(tmp_path / "cc", "study cluster-check"):     # a first study holds --out
-        r = study("cluster-check", "--out", str(tmp_path / "cc"), "--exams", "0")
-    _one_line(r, "cluster-check", "is being written by another usclf study cluster-check")
+    out = tmp_path / "o"
+    with output_lock(out, f"study {name}"):                         # a first study holds --out
+        r = study(name, *[a.format(out=out) for a in args])
+    _one_line(r, name, f"{out} is being written by another usclf study {name}", "choose another --out")
+    assert not out.exists()

@@ -42,6 +42,7 @@ def _one_line(r: subprocess.CompletedProcess, prefix: str, *parts: str) -> str:
     ("demo.py", ["--out", "{out}", "--exams", "20", "--quiet"]),
     ("semisup_check.py", ["--out", "{out}", "--exams", "20"]),
     ("label_fraction_study.py", ["out={out}", "--quiet"]),
+    ("cluster_check.py", ["--out", "{out}", "--exams", "20"]),
 ])
 def test_a_pipeline_study_on_a_held_out_writes_nothing(tmp_path, script, args):
     out = tmp_path / "study"
@@ -86,8 +87,9 @@ def test_a_pipeline_study_reports_errors_as_one_line(tmp_path):
     assert not (tmp_path / "ev").exists()
 
 
-def test_a_refused_study_leaves_no_parent_folder(tmp_path):
+@pytest.mark.parametrize("script", ["demo.py", "cluster_check.py"])
+def test_a_refused_study_leaves_no_parent_folder(tmp_path, script):
     """The lock creates missing parents of --out; a study refused on its arguments removes them again."""
-    r = _pipeline("demo.py", "--out", tmp_path / "a" / "b" / "demo", "--exams", "0", cwd=tmp_path)
-    _one_line(r, "pipelines/demo.py", "--exams")
+    r = _pipeline(script, "--out", tmp_path / "a" / "b" / "study", "--exams", "0", cwd=tmp_path)
+    _one_line(r, f"pipelines/{script}", "--exams must be >= 20")
     assert list(tmp_path.iterdir()) == []
