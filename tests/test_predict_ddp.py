@@ -100,6 +100,7 @@ def test_shards_are_disjoint_complete_deterministic_and_balanced():
     assert shard_units(units, 1) == [units]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_under_torchrun_write_what_one_process_writes(world, tmp_path):
     out = tmp_path / "ddp" / "p.csv"
     env = dict(os.environ, USCLF_PATIENT_SALT=SALT, OMP_NUM_THREADS="1")
@@ -133,6 +134,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_a_killed_rank_leaves_the_output_untouched_and_a_rerun_completes_it(world, tmp_path):
     out = tmp_path / "o" / "p.csv"
     state = out.with_name("p.csv.parts")
