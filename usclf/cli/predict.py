@@ -1,12 +1,20 @@
-"""CLI glue for `usclf predict` (exam ids are hashed with the salt in env USCLF_PATIENT_SALT, as in ingest)."""
+"""CLI glue for `usclf predict` (exam ids are hashed with the salt in env USCLF_PATIENT_SALT, as in ingest).
+
+Under `torchrun --nproc-per-node N` the folders are shared out over the ranks (predict/shard.py); rank 0 prints.
+"""
 from __future__ import annotations
 
-from ..predict.run import PredictResult, predict
+import os
+
+from ..predict.run import PredictResult
+from ..predict.shard import predict_any
 
 
 def run_predict(args) -> PredictResult:
-    res = predict(args.model, args.input, args.out, batch_size=args.batch_size, device=args.device,
-                  progress=not args.quiet, workers=args.workers, dicom_sr=args.dicom_sr)
+    res = predict_any(args.model, args.input, args.out, batch_size=args.batch_size, device=args.device,
+                      progress=not args.quiet, workers=args.workers, dicom_sr=args.dicom_sr)
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return res
     done = f" ({res.n_units_done} already done before this run)" if res.n_units_done else ""
     print(f"predicted {res.n_predicted} frames, {res.n_skipped} rows skipped with a reason, over "
           f"{res.n_units} folders{done} in {res.seconds:.1f} s")

@@ -11,10 +11,12 @@ that was a tenth of predict's time). A line is still written only after its fold
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +150,35 @@ class _Output:
         self._staged.append(entry)
         if sync:
             self.sync()
+
+    def copy_folder(self, entry: dict, src: Path, start: int, part_dir: Path) -> None:
+        """Stage a folder recorded by another output of this run (a rank's part, shard.py): its rows are the bytes
+        `start`..entry["end"] of `src` (csv/jsonl: no header) or its parquet part in `part_dir` (linked here)."""
+        e = {k: entry[k] for k in ("unit", "files", "rows", "exams")}
+        if self.fmt == "parquet":
+            e["part"] = ""
+            if entry["part"]:
+                e["part"] = f"{len(self.entries) + len(self._staged):07d}.parquet"
+                tmp = self.state / (e["part"] + ".tmp")
+                try:
+                    os.link(part_dir / entry["part"], tmp)     # the part stays valid where it is
+                except OSError:
+                    shutil.copyfile(part_dir / entry["part"], tmp)
+                os.replace(tmp, self.state / e["part"])
+        else:
+            if self._fh is None:
+                self._fh = open(self.out, "a", newline="", encoding="utf-8")
+            if self.fmt == "csv" and self._fh.tell() == 0:
+                csv.DictWriter(self._fh, self.columns, lineterminator="\n").writeheader()
+            text = codecs.getincrementaldecoder("utf-8")()
+            with open(src, "rb") as fh:
+                fh.seek(start)
+                for left in range(entry["end"] - start, 0, -(1 << 20)):
+                    self._fh.write(text.decode(fh.read(min(left, 1 << 20))))
+            self._fh.write(text.decode(b"", final=True))
+            self._fh.flush()
+            e["end"] = self.out.stat().st_size
+        self._staged.append(e)
 
     def sync(self) -> list[dict]:
         """Make the staged folders' rows durable (one fsync), then their log lines (one more); returns them."""

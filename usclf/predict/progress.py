@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -58,6 +58,23 @@ class Unit:
     def key(self, name: str) -> str:
         """A file's path relative to the input root (its key in the output and the progress log)."""
         return name if self.name == "." else f"{self.name}/{name}"
+
+
+def units_left(units: list[Unit], done_files: set[str], done_units: set[str] = frozenset()) -> list[Unit]:
+    """`units` less what is recorded: folders with their files not in `done_files` (folders in `done_units`,
+    and folder-level rows recorded under their name, count as done as a whole); empty ones dropped."""
+    from ..data.ingest import norm_rel
+
+    todo = []
+    for u in units:
+        if u.note:
+            if u.name not in done_files and u.name not in done_units:
+                todo.append(u)
+        elif u.name not in done_units:
+            left = [f for f in u.files if norm_rel(u.key(f)) not in done_files]
+            if left:
+                todo.append(replace(u, files=left))
+    return todo
 
 
 def walk_units(root: Path, exclude: set[Path]) -> list[Unit]:

@@ -25,7 +25,7 @@ import secrets
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -41,7 +41,7 @@ from ..models.modelfile import load_model_file
 from ..train.distributed import resolve_device
 from .decode import decoded_outcomes
 from .output import _Output, output_paths
-from .progress import Unit, check_out, no_space_message, output_lock, walk_units
+from .progress import Unit, check_out, no_space_message, output_lock, units_left, walk_units
 from ..stages.scoring import head_kind
 
 _CHUNK = 4096          # rows of one folder written before the folder ends (bounds memory on huge folders)
@@ -92,6 +92,8 @@ class Predictor:
         if "size" not in ing:
             raise UsclfError(f"{model_path}: model file has no preprocessing settings (preprocess.ingest.size)")
         self.prep = {k: ing[k] for k in _PREP_KEYS if k in ing}
+        self.columns = ["exam_id", "path", "frame", *[f"p_{c}" for c in self.classes], *self.classes, "status",
+                        "reason"]
         self.transform = build_transform("eval", AugmentConfig(**info.preprocess.augment_kwargs(int(ing["size"]))))
 
     @torch.inference_mode()
@@ -144,16 +146,20 @@ def _tally(p: _Pending, classes: list[str]) -> None:
             t[1] += 1
 
 
-def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path, batch_size: int = 64,
-            device: str = "auto", progress: bool = True, salt: str | None = None, workers: int = 0,
-            on_unit: Callable[[str, int], None] | None = None, dicom_sr: str | Path | None = None) -> PredictResult:
-    """Predict every image/frame under `input_dir` into `out_file` (+ `<stem>_exams<ext>`); resumable.
+@dataclass
+class PredictJob:
+    """What predict checked before anything is written: the output's paths and format, the input's units."""
+    out: Path
+    exams: Path
+    state: Path
+    fmt: str
+    root: Path
+    units: list[Unit]
 
-    `workers` > 0 decodes files in that many processes; `on_unit(folder, n_rows)` is called after each
-    folder is safely recorded; `dicom_sr`: a folder for one DICOM SR per study of the DICOM inputs, written
-    from the complete output (sr.py).
-    """
-    t0 = time.perf_counter()
+
+def plan_job(input_dir: str | Path, out_file: str | Path, batch_size: int, workers: int,
+             dicom_sr: str | Path | None) -> PredictJob:
+    """Check the arguments, --out and the input, and walk the input (nothing is written)."""
     if batch_size < 1 or workers < 0:
         raise UsclfError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {workers}")
     out, exams_path, state, fmt = output_paths(out_file)
@@ -167,41 +173,68 @@ def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path,
     units = walk_units(root, {out.resolve(), exams_path.resolve(), state.resolve()})
     if all(u.note for u in units):
         raise UsclfError(f"no files under {root}")
-    pred = Predictor(model_path, device)
-    columns = ["exam_id", "path", "frame", *[f"p_{c}" for c in pred.classes], *pred.classes, "status", "reason"]
+    return PredictJob(out, exams_path, state, fmt, root, units)
+
+
+def run_record(pred: Predictor, model_path: str | Path, root: Path) -> dict:
+    """What a resumed run must share with the recorded one (`<out>.parts/run.json`)."""
     # the input folder only as a hash: folder names may name patients (privacy), equality is all resume needs
-    run = {"model_sha1": _file_sha1(Path(model_path)),
-           "input": "sha1:" + hashlib.sha1(str(root).encode()).hexdigest(), "columns": columns}
+    return {"model_sha1": _file_sha1(Path(model_path)),
+            "input": "sha1:" + hashlib.sha1(str(root).encode()).hexdigest(), "columns": pred.columns}
+
+
+def write_failure(e: OSError, job: PredictJob, recorded: tuple[int, int, int], files_left: int,
+                  n_columns: int) -> UsclfError:
+    """The one-line error for an OSError while writing `job.out` (no space left: with the size still needed)."""
+    if is_no_space(e):
+        return UsclfError(no_space_message(job.out, recorded, files_left, n_columns, job.fmt == "parquet"))
+    return UsclfError(f"cannot write {job.out}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else ""))
+
+
+def write_sr(job: PredictJob, dicom_sr: str | Path, pred: Predictor, run: dict):
+    """One DICOM SR per study from the complete output (sr.py)."""
+    from .sr import read_rows, write_exam_reports
+    try:
+        return write_exam_reports(read_rows(job.out), job.root, dicom_sr, pred.classes, pred.thresholds,
+                                  {"method": pred.info.method, "model_sha1": run["model_sha1"]})
+    except OSError as e:
+        raise UsclfError(f"predictions are in {job.out}, but the DICOM SRs could not be written to {dicom_sr}: "
+                         f"{e.strerror or e}") from None
+
+
+def predict(model_path: str | Path, input_dir: str | Path, out_file: str | Path, batch_size: int = 64,
+            device: str = "auto", progress: bool = True, salt: str | None = None, workers: int = 0,
+            on_unit: Callable[[str, int], None] | None = None, dicom_sr: str | Path | None = None) -> PredictResult:
+    """Predict every image/frame under `input_dir` into `out_file` (+ `<stem>_exams<ext>`); resumable.
+
+    `workers` > 0 decodes files in that many processes; `on_unit(folder, n_rows)` is called after each
+    folder is safely recorded; `dicom_sr`: a folder for one DICOM SR per study of the DICOM inputs, written
+    from the complete output (sr.py). One process; under torchrun see `shard.predict_ranks`.
+    """
+    t0 = time.perf_counter()
+    job = plan_job(input_dir, out_file, batch_size, workers, dicom_sr)
+    units = job.units
+    pred = Predictor(model_path, device)
+    columns = pred.columns
+    run = run_record(pred, model_path, job.root)
     counts = {"rows": 0, "predicted": 0, "files": 0, "todo_files": sum(len(u.files) or 1 for u in units),
               "todo_units": len(units)}
     output = None
     try:
-        with output_lock(state, out):
-            output = _Output(out, state, fmt, columns, pred.classes, run)
+        with output_lock(job.state, job.out):
+            output = _Output(job.out, job.state, job.fmt, columns, pred.classes, run)
             try:
-                _predict_into(output, pred, root, units, columns, salt, batch_size, workers, progress, on_unit,
-                              counts)
-                output.finish(exams_path)
+                _predict_into(output, pred, job.root, units, columns, salt, batch_size, workers, progress,
+                              on_unit, counts)
+                output.finish(job.exams)
             except BaseException:
                 output.abort()
                 raise
     except OSError as e:
-        if is_no_space(e):
-            raise UsclfError(no_space_message(out, output.recorded() if output else (0, 0, 0),
-                                              counts["todo_files"] - counts["files"], len(columns),
-                                              fmt == "parquet")) from None
-        raise UsclfError(f"cannot write {out}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")) \
-            from None
-    sr = None
-    if dicom_sr is not None:
-        from .sr import read_rows, write_exam_reports
-        try:
-            sr = write_exam_reports(read_rows(out), root, dicom_sr, pred.classes, pred.thresholds,
-                                    {"method": pred.info.method, "model_sha1": run["model_sha1"]})
-        except OSError as e:
-            raise UsclfError(f"predictions are in {out}, but the DICOM SRs could not be written to {dicom_sr}: "
-                             f"{e.strerror or e}") from None
-    return PredictResult(out=out, exams=exams_path, n_units=len(units),
+        raise write_failure(e, job, output.recorded() if output else (0, 0, 0),
+                            counts["todo_files"] - counts["files"], len(columns)) from None
+    sr = write_sr(job, dicom_sr, pred, run) if dicom_sr is not None else None
+    return PredictResult(out=job.out, exams=job.exams, n_units=len(units),
                          n_units_done=len(units) - counts["todo_units"], n_rows=counts["rows"],
                          n_predicted=counts["predicted"], n_skipped=counts["rows"] - counts["predicted"],
                          seconds=time.perf_counter() - t0, sr=sr)
@@ -216,16 +249,7 @@ def _predict_into(output: _Output, pred: Predictor, root: Path, units: list[Unit
     from ..data.ingest import norm_rel
 
     classes, blank = pred.classes, dict.fromkeys(columns)
-    done_files, done_units = output.done()
-    todo = []
-    for u in units:
-        if u.note:
-            if u.name not in done_files and u.name not in done_units:
-                todo.append(u)
-        elif u.name not in done_units:
-            left = [f for f in u.files if norm_rel(u.key(f)) not in done_files]
-            if left:
-                todo.append(replace(u, files=left))
+    todo = units_left(units, *output.done())
     counts.update(todo_units=len(todo), todo_files=sum(len(u.files) or 1 for u in todo))
     random_salt = not (salt or os.environ.get(SALT_ENV))
     salt = salt or os.environ.get(SALT_ENV) or secrets.token_hex(16)

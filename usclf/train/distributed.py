@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -44,10 +45,11 @@ def _env_int(name: str, default: int) -> int:
         raise UsclfError(f"environment variable {name}={raw!r} is not an integer") from None
 
 
-def init_distributed(backend: str | None = None) -> DistInfo:
+def init_distributed(backend: str | None = None, timeout_s: float | None = None) -> DistInfo:
     """Join the torchrun job described by RANK / WORLD_SIZE / LOCAL_RANK (no-op for a single process).
 
     Backend: `nccl` when CUDA is available, else `gloo`. On GPU the process is pinned to cuda:LOCAL_RANK.
+    `timeout_s`: how long a collective waits for the slowest rank (torch's default when None).
     """
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -67,7 +69,8 @@ def init_distributed(backend: str | None = None) -> DistInfo:
         if local >= torch.cuda.device_count():
             raise UsclfError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPUs are visible")
         torch.cuda.set_device(local)
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+    extra = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **extra)
     return DistInfo(rank, world, local, backend)
 
 
@@ -165,6 +168,16 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's picklable `obj`, in rank order, on every rank ([obj] without DDP)."""
+    info = get_dist_info()
+    if not info.distributed:
+        return [obj]
+    box = [None] * info.world_size
+    dist.all_gather_object(box, obj)
+    return box
 
 
 def any_across_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
