@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from usclf import cli
 from usclf.errors import UsclfError
@@ -23,12 +24,15 @@ def test_strategy_names_are_checked():
     ev = _load("evidence")
     assert ev.parse_strategy("semisup-dc:freematch-twohead") == ("semisup", "dc", "freematch-twohead")
     assert ev.parse_strategy("supervised-random") == ("supervised", "random", None)
+    assert ev.parse_strategy("supervised-dc+sgd") == ("supervised", "dc", None)
+    assert ev.parse_strategy("semisup-dc:fixmatch-twohead+sgd") == ("semisup", "dc", "fixmatch-twohead")
     for bad in ("semisup-dc", "supervised-dc:fixmatch-twohead", "boosting-dc"):
         with pytest.raises(UsclfError):
             ev.parse_strategy(bad)
     variants = {"ema": ["teacher=ema", "train.ema=0.999"]}
     assert ev.split_variant("fixmatch-twohead+ema", variants) == ("fixmatch-twohead", ["teacher=ema", "train.ema=0.999"])
     assert ev.split_variant("fixmatch-twohead", variants) == ("fixmatch-twohead", [])
+    assert ev.split_variant("supervised-dc+ema", variants) == ("supervised-dc", ["teacher=ema", "train.ema=0.999"])
     with pytest.raises(UsclfError, match=r"variant '\+tau' is not defined"):
         ev.split_variant("fixmatch-twohead+tau", variants)
     cfg = ev.EvidenceConfig(strategies=["supervised-dc"], strategy_fractions={"supervised-random": [0.1]})
@@ -43,9 +47,13 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     assert cli.main(["study", "evidence", "--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet",
                      f"out={out}"]) == 0
     res = pd.read_csv(out / "results.csv")
-    # supervised at 2 fractions + the semisup variant at its one fraction, x 2 split seeds
-    assert len(res) == (2 + 1) * 2 and set(res["split_seed"]) == {0, 1}
+    # supervised at 2 fractions + a supervised and the semisup variant at their one fraction, x 2 split seeds
+    assert len(res) == (2 + 1 + 1) * 2 and set(res["split_seed"]) == {0, 1}
     assert set(res[res["method"].str.startswith("semisup")]["fraction"]) == {0.5}
+    cells = out / "split0" / "train" / "runs"
+    epochs = {m: yaml.safe_load((cells / f"method{m}-fraction0.5-seed0" / "config.yaml").read_text())["train"]["epochs"]
+              for m in ("supervised-dc", "supervised-dc+e1")}
+    assert epochs == {"supervised-dc": 2, "supervised-dc+e1": 1}  # the variant's overrides reach the finetune cell
     assert res["val_f1"].between(0, 1).all()  # what candidates are chosen on, read back from each model file
     semi = res[res["method"].str.startswith("semisup")]
     assert semi["mask_rate_end"].between(0, 1).all() and "pl_precision_end" in res.columns
@@ -117,3 +125,16 @@ def test_study_command_lists_and_rejects(capsys):
     assert err.startswith("usclf study: error: unknown study 'evidnce'") and "\n" not in err
     for module, _ in cli.STUDIES.values():  # every listed study resolves to a module with a command line
         assert callable(_load(module).main)
+
+
+def test_a_variant_is_paired_with_its_supervised_twin_when_that_was_run():
+    from usclf.studies.evidence_report import paired_table
+
+    f1 = {"supervised-dc": (0.70, 0.70), "supervised-dc+sgd": (0.60, 0.62), "semisup-dc:m+sgd": (0.65, 0.66),
+          "semisup-dc:m": (0.72, 0.71), "semisup-dc:m+ema": (0.75, 0.74)}
+    res = pd.DataFrame([{"method": m, "split_seed": 0, "fraction": 0.1, "seed": s, "f1": v[s]}
+                        for m, v in f1.items() for s in (0, 1)])
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in paired_table(res).splitlines()[2:]}
+    assert "| supervised-dc+sgd | 10 % | 4.500" in rows["semisup-dc:m+sgd"]  # +5 and +4 points vs its twin
+    assert "| supervised-dc | 10 % | 1.500" in rows["semisup-dc:m"]
+    assert "| supervised-dc | 10 % | 4.500" in rows["semisup-dc:m+ema"]  # no supervised +ema arm: the plain one

@@ -62,7 +62,8 @@ class EvidenceConfig:
     pretrain_overrides: list[str] = field(default_factory=list)
     finetune_overrides: list[str] = field(default_factory=list)
     semisup_overrides: list[str] = field(default_factory=list)
-    # named extra semisup overrides: strategy "semisup-dc:fixmatch-twohead+ema" adds variants["ema"]
+    # named extra overrides of a strategy's stage: "semisup-dc:fixmatch-twohead+ema" adds variants["ema"] to
+    # the semisup cell, "supervised-dc+sgd" variants["sgd"] to the finetune cell
     variants: dict = field(default_factory=dict)
     # strategy -> the fractions it runs at (default: all `fractions`): candidates screened at 10 % first
     strategy_fractions: dict = field(default_factory=dict)
@@ -74,9 +75,9 @@ class EvidenceConfig:
 
 
 def parse_strategy(name: str) -> tuple[str, str, str | None]:
-    """'semisup-dc:freematch-twohead' -> ('semisup', 'dc', 'freematch-twohead'); a '+VARIANT' suffix stays on
-    the method (see `split_variant`)."""
-    head, _, method = name.partition(":")
+    """'semisup-dc:freematch-twohead' -> ('semisup', 'dc', 'freematch-twohead'); a '+VARIANT' suffix (see
+    `split_variant`) is ignored here."""
+    head, _, method = name.partition("+")[0].partition(":")
     stage, _, init = head.partition("-")
     if stage not in ("supervised", "semisup") or init not in ("random", "dc") or (stage == "semisup") != bool(method):
         raise UsclfError(f"strategy '{name}' must be supervised-random|dc or semisup-random|dc:METHOD")
@@ -84,7 +85,8 @@ def parse_strategy(name: str) -> tuple[str, str, str | None]:
 
 
 def split_variant(method: str, variants: dict) -> tuple[str, list[str]]:
-    """'fixmatch-twohead+ema' -> ('fixmatch-twohead', variants['ema']); one-line error for an unknown one."""
+    """'fixmatch-twohead+ema' (or a whole strategy name) -> ('fixmatch-twohead', variants['ema']); one-line
+    error for an unknown variant."""
     method, _, variant = method.partition("+")
     if variant and variant not in variants:
         raise UsclfError(f"strategy variant '+{variant}' is not defined under variants: ({', '.join(variants) or 'none'})")
@@ -130,16 +132,16 @@ def _train_cells(cfg: EvidenceConfig, data: Path, split_seed: int, dc_model: Pat
 
     def run_cell(cell, cell_out, parent):
         stage, init, method = parse_strategy(cell["method"])
+        extra = split_variant(cell["method"], cfg.variants)[1]
         over = [f"data.path={data}", f"data.split_seed={split_seed}", f"out={cell_out}",
                 f"label_fraction={cell['fraction']}", f"train.seed={cell['seed']}",
                 f"model.init={dc_model if init == 'dc' else 'random'}", "figures=false",
                 f"experiment={cfg.experiment}", "train.progress=false"]
         t0 = time.time()
         if stage == "supervised":
-            finetune(load_config(FinetuneConfig, ROOT / cfg.finetune_config, over + cfg.finetune_overrides),
+            finetune(load_config(FinetuneConfig, ROOT / cfg.finetune_config, over + cfg.finetune_overrides + extra),
                      tracking_uri=uri, parent_run_id=parent)
         else:
-            method, extra = split_variant(method, cfg.variants)
             semisup(load_config(SemisupConfig, ROOT / cfg.semisup_config,
                                 over + [f"method={method}"] + cfg.semisup_overrides + extra), tracking_uri=uri,
                     parent_run_id=parent)
@@ -183,9 +185,8 @@ def run(cfg: EvidenceConfig, tracking_uri: str | None = None, progress: bool = T
     if unknown:
         raise UsclfError(f"strategy_fractions names strategies not in strategies: {', '.join(sorted(unknown))}")
     for s in cfg.strategies:
-        method = parse_strategy(s)[2]
-        if method:
-            split_variant(method, cfg.variants)
+        parse_strategy(s)
+        split_variant(s, cfg.variants)
     out = Path(cfg.out)
     if cfg.collect_only:
         return collect(out)

@@ -60,13 +60,17 @@ def val_part(res: pd.DataFrame) -> list[str]:
 
 
 def paired_table(res: pd.DataFrame) -> str:
-    """Each semi-supervised strategy minus supervised from the same init, paired by (split, fraction, seed)."""
+    """Each semi-supervised strategy minus supervised from the same init (and the same '+variant' when that
+    supervised arm was run, e.g. one optimiser protocol for both), paired by (split, fraction, seed)."""
     key = ["split_seed", "fraction", "seed"]
     lines = ["| strategy | vs | fraction | mean difference [95 % CI] | wins |", "|---|---|---|---|---|"]
     for m in res["method"].drop_duplicates():
         if not m.startswith("semisup-"):
             continue
         ref = "supervised-" + m.split(":")[0].split("-", 1)[1]
+        variant = m.partition("+")[2]
+        if variant and (res["method"] == f"{ref}+{variant}").any():
+            ref = f"{ref}+{variant}"
         a = res[res["method"] == m].set_index(key)["f1"]
         b = res[res["method"] == ref].set_index(key)["f1"]
         both = a.index.intersection(b.index)
