@@ -138,3 +138,17 @@ def test_a_variant_is_paired_with_its_supervised_twin_when_that_was_run():
     assert "| supervised-dc+sgd | 10 % | 4.500" in rows["semisup-dc:m+sgd"]  # +5 and +4 points vs its twin
     assert "| supervised-dc | 10 % | 1.500" in rows["semisup-dc:m"]
     assert "| supervised-dc | 10 % | 4.500" in rows["semisup-dc:m+ema"]  # no supervised +ema arm: the plain one
+
+
+def test_each_plain_arm_is_paired_with_its_variant_controls():
+    from usclf.studies.evidence_report import variant_table
+
+    f1 = {"semisup-dc:m": (0.72, 0.71), "semisup-dc:m+nounl": (0.70, 0.72), "supervised-dc+fm": (0.6, 0.6),
+          "semisup-dc:q+x": (0.5, 0.5)}   # no plain supervised-dc / semisup-dc:q arm: nothing to pair
+    res = pd.DataFrame([{"method": m, "split_seed": 0, "fraction": 0.2, "seed": s, "f1": v[s]}
+                        for m, v in f1.items() for s in (0, 1)])
+    rows = variant_table(res).splitlines()[2:]
+    assert len(rows) == 1
+    assert rows[0].startswith("| semisup-dc:m | semisup-dc:m+nounl | 20 % | 0.500 [")  # +2 and -1 points
+    assert rows[0].endswith("| 1/2 |")
+    assert variant_table(res[res["method"] != "semisup-dc:m+nounl"]) == ""

@@ -59,11 +59,28 @@ def val_part(res: pd.DataFrame) -> list[str]:
             fraction_table(res, "val_f1"), ""]
 
 
+def _pair_rows(res: pd.DataFrame, m: str, ref: str) -> list[str]:
+    """Table rows of `m` minus `ref` in points, paired by (split, fraction, seed)."""
+    key = ["split_seed", "fraction", "seed"]
+    a = res[res["method"] == m].set_index(key)["f1"]
+    b = res[res["method"] == ref].set_index(key)["f1"]
+    both = a.index.intersection(b.index)
+    rows = []
+    for f in sorted({k[1] for k in both}):
+        idx = [k for k in both if k[1] == f]
+        d = (a.loc[idx] - b.loc[idx]).to_numpy() * 100
+        rows.append(f"| {m} | {ref} | {f * 100:g} % | {_ci(d).replace('(n=', 'points (n=')} | "
+                    f"{int((d > 0).sum())}/{len(d)} |")
+    return rows
+
+
+PAIR_HEAD = ["| strategy | vs | fraction | mean difference [95 % CI] | wins |", "|---|---|---|---|---|"]
+
+
 def paired_table(res: pd.DataFrame) -> str:
     """Each semi-supervised strategy minus supervised from the same init (and the same '+variant' when that
     supervised arm was run, e.g. one optimiser protocol for both), paired by (split, fraction, seed)."""
-    key = ["split_seed", "fraction", "seed"]
-    lines = ["| strategy | vs | fraction | mean difference [95 % CI] | wins |", "|---|---|---|---|---|"]
+    lines = list(PAIR_HEAD)
     for m in res["method"].drop_duplicates():
         if not m.startswith("semisup-"):
             continue
@@ -71,15 +88,26 @@ def paired_table(res: pd.DataFrame) -> str:
         variant = m.partition("+")[2]
         if variant and (res["method"] == f"{ref}+{variant}").any():
             ref = f"{ref}+{variant}"
-        a = res[res["method"] == m].set_index(key)["f1"]
-        b = res[res["method"] == ref].set_index(key)["f1"]
-        both = a.index.intersection(b.index)
-        for f in sorted({k[1] for k in both}):
-            idx = [k for k in both if k[1] == f]
-            d = (a.loc[idx] - b.loc[idx]).to_numpy() * 100
-            lines.append(f"| {m} | {ref} | {f * 100:g} % | {_ci(d).replace('(n=', 'points (n=')} | "
-                         f"{int((d > 0).sum())}/{len(d)} |")
+        lines += _pair_rows(res, m, ref)
     return "\n".join(lines)
+
+
+def variant_table(res: pd.DataFrame) -> str:
+    """Each plain strategy minus its '+variant' control (e.g. fixmatch-twohead minus +nounl: what the
+    unlabelled loss adds); empty when no variant was run beside its plain arm."""
+    methods = list(res["method"].drop_duplicates())
+    rows = []
+    for m in methods:
+        base = m.partition("+")[0]
+        if "+" in m and base in methods:
+            rows += _pair_rows(res, base, m)
+    return "\n".join(PAIR_HEAD + rows) if rows else ""
+
+
+def variant_part(res: pd.DataFrame) -> list[str]:
+    table = variant_table(res)
+    return ["### Each strategy minus its '+variant' control (paired: same split, labels, seed)", "", table, ""] \
+        if table else []
 
 
 def pretrain_table(pre: pd.DataFrame) -> str:
@@ -201,7 +229,7 @@ def section(run: Path, img_dir: Path) -> str:
              "### Weighted F1 on test (mean [95 % CI], paper Fig. 6 layout)", "", fraction_table(res), "",
              PAPER_FIG6, "", *val_part(res), f"![label fractions]({img.relative_to(img_dir.parent)})", "",
              "### Semi-supervised minus supervised from the same init (paired: same split, labels, seed)", "",
-             paired_table(res), "", "### Pseudo-label diagnostics (against the truth of the unlabelled images)", "",
+             paired_table(res), "", *variant_part(res), "### Pseudo-label diagnostics (against the truth of the unlabelled images)", "",
              diag_table(res), "", per_class_table(run, res) if _truth_known(run) else
              "The unlabelled images carry no labels here, so pseudo-label precision cannot be measured; the mask "
              "rate and accepted counts above are exact.", "", "### Compute per strategy (training + evaluation, 2 CPU cores)", "",
