@@ -157,7 +157,8 @@ def test_out_that_is_a_file_is_one_line_for_every_command(dataset, tmp_path):
 
 def test_bad_config_values_and_files_fail_before_anything_is_written(dataset, tmp_path):
     out = tmp_path / "run"
-    for over, msg in (("lam=-5", "lam must be >= 0"), ("k=0", "k must be >= 2"),
+    for over, msg in (("options.lam=-5", "options.lam must be >= 0"), ("lam=-5", "is now 'options.lam'"),
+                      ("k=0", "k must be >= 2"),
                       ("train.optim.lr=-0.1", "train.optim.lr must be >= 0")):
         _one_line_error(_cli("pretrain", "--data", str(dataset), "--out", str(out), "--quiet", *TINY, over), msg)
     binary = tmp_path / "config.yaml"
@@ -173,7 +174,7 @@ def test_resume_refuses_a_changed_run_and_a_fresh_run_clears_stale_outputs(datas
     assert main(base) == 0
     assert (out / "eval" / "model.pt").is_file()
     saved = (out / "config.yaml").read_bytes()
-    for change, key in (("lam=5", "lam was 2.0, now 5.0"), ("method=pica", "method was 'lsd', now 'pica'"),
+    for change, key in (("options.lam=5", "options.lam was 2.0, now 5.0"), ("method=pica", "method was 'lsd', now 'pica'"),
                         ("model.backbone=resnet10t", "model.backbone was 'resnet18', now 'resnet10t'")):
         _one_line_error(_cli(*base, "--resume", change, env={"MLFLOW_TRACKING_URI": mlflow_uri}), key)
         assert (out / "config.yaml").read_bytes() == saved  # nothing rewritten

@@ -17,6 +17,7 @@ from usclf.data.splits import label_fraction_mask
 from usclf.data.transforms import AugmentConfig
 from usclf.data.unlabeled_loader import fixmatch_loader, unlabeled_dataset, unlabeled_rows
 from usclf.errors import UsclfError
+from usclf.losses.dirichlet import lsd_loss
 from usclf.eval.pseudo_diagnostics import PseudoLabelDiagnostics
 from usclf.methods import PRETRAIN, SEMISUP, method_class
 from usclf.methods.clustering import collapse_warning, effective_clusters
@@ -42,6 +43,36 @@ def test_registry_names_resolve_and_unknown_is_one_line():
         assert method_class("pretrain", name).name == name
     with pytest.raises(UsclfError, match="unknown semisup method 'nope'; valid: fixmatch-onehead"):
         method_class("semisup", "nope")
+
+
+def test_every_method_is_on_the_protocol_and_documents_exactly_its_options():
+    from dataclasses import fields
+
+    from usclf.methods import option_help
+    from usclf.methods.base import Method
+    for kind, table in (("semisup", SEMISUP), ("pretrain", PRETRAIN)):
+        for name in table:
+            cls = method_class(kind, name)
+            assert issubclass(cls, Method) and callable(getattr(cls, "state_dict"))
+            assert set(option_help(kind, name)) == {f.name for f in fields(cls.Options)}, f"{kind}.{name}"
+            assert all(option_help(kind, name).values())
+
+
+def test_clustering_methods_take_their_options_and_refuse_the_old_keys():
+    from usclf.stages.pretrain import PretrainConfig
+    lsd = method_class("pretrain", "lsd")({"lam": 0.5, "epsilon": 0.2})
+    assert (lsd.run_params(), lsd.provenance()) == ({"lambda": 0.5, "alpha": 1.2}, {"lambda": 0.5, "epsilon": 0.2})
+    assert method_class("pretrain", "pica")(None).run_params() == {"lambda": 2.0}
+    x = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    assert torch.equal(lsd.loss(x, x.flip(0))[0], lsd_loss(x, x.flip(0), lam=0.5, alpha=1.2)[0])
+    assert lsd.state_dict() == {}
+    with pytest.raises(UsclfError, match="options.epsilon must be > 0"):
+        method_class("pretrain", "lsd")({"epsilon": 0})
+    with pytest.raises(UsclfError, match="unknown config key 'options.epsilon'; valid keys: options.lam"):
+        method_class("pretrain", "pica")({"epsilon": 0.01})
+    with pytest.raises(UsclfError, match=r"config key 'lam' is now 'options.lam': write options.lam=5 "):
+        load_config(PretrainConfig, None, ["lam=5"])
+    assert load_config(PretrainConfig, "configs/pretrain_lsd.yaml", ["method=pica"]).options == {"lam": 2.0}
 
 
 def test_options_are_validated_and_reach_the_method():

@@ -40,7 +40,10 @@ def test_pretrain_then_evaluate_cli(dataset, tmp_path, mlflow_uri, method):
            if r.data.tags.get("stage") == "pretrain"][0]
     p = run.data.params
     assert p["method"] == method and float(p["lambda"]) == 2.0 and int(p["K"]) == model.head.num_clusters
-    assert float(p["alpha"]) == pytest.approx(1.01) and p["seed"] == "0" and len(p["data_hash"]) == 12
+    assert p["seed"] == "0" and len(p["data_hash"]) == 12
+    # LSD's alpha = 1 + epsilon; PICA has no epsilon option, so it logs no alpha (and its model file no epsilon)
+    assert float(p["alpha"]) == pytest.approx(1.01) if method == "lsd" else "alpha" not in p
+    assert meta.provenance["lambda"] == 2.0 and meta.provenance.get("epsilon") == (0.01 if method == "lsd" else None)
     hist = {m.step for m in client.get_metric_history(run.info.run_id, "train/ce")}
     assert hist == {0, 1}  # one value per epoch
     assert client.get_metric_history(run.info.run_id, "train/size_entropy")
@@ -89,3 +92,23 @@ def test_kill_and_resume_gives_same_weights(dataset, tmp_path, mlflow_uri):
     b = torch.load(out / "model.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_of_a_run_written_before_lam_and_epsilon_became_options(dataset, tmp_path, mlflow_uri):
+    """A run folder of the earlier version (top-level `lam`/`epsilon` in config.yaml, no method state in the
+    checkpoint) resumes: the moved keys are read at their new place, PICA's unused epsilon is dropped."""
+    import yaml
+    out = tmp_path / "old"
+    common = ["pretrain", "--method", "pica", "--data", str(dataset), "--out", str(out), "--quiet",
+              "evaluate_after=false", *TINY]
+    assert main([*common, "train.epochs=1"]) == 0
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    cfg.update(lam=cfg.pop("options")["lam"], epsilon=0.01)  # as the earlier version wrote it
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    last = out / "checkpoints" / "last.pt"
+    ck = torch.load(last, map_location="cpu", weights_only=False)
+    torch.save({**ck, "method": None}, last)  # the earlier pretrain step (a bound method) saved no state
+    assert main([*common, "--resume", "train.epochs=2"]) == 0
+    _, meta = load_model_file(out / "model.pt")
+    assert meta.provenance["epochs"] == 2 and meta.provenance["lambda"] == 2.0
+    assert main([*common, "--resume", "train.epochs=3", "options.lam=5"]) == 2  # a changed lambda is still refused

@@ -2,7 +2,7 @@
 
 Every stage has a dataclass; `load_config(Cls, path, overrides)` builds it from a YAML file (nested
 mappings for nested dataclasses) and dotted overrides such as `train.lr=3e-4`. An unknown key is
-rejected with the valid names listed.
+rejected with the valid names listed; a key a config class has moved (its `MOVED_KEYS`) with the new one.
 """
 from __future__ import annotations
 
@@ -113,11 +113,26 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build dataclass `cls` from a (nested) dict; unknown keys raise with the valid names listed."""
     types = _field_types(cls)
     unknown = sorted(set(data) - set(types))
+    for key in unknown:
+        _refuse_moved(cls, key, prefix, data[key])
     if unknown:
         raise UsclfError(
             f"unknown config key '{prefix}{unknown[0]}'; valid keys: {', '.join(prefix + k for k in types)}")
     kwargs = {k: _coerce(v, types[k], prefix + k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def _refuse_moved(cls, key: str, prefix: str, value: Any) -> None:
+    """One line naming the new key when `key` is one a config class lists in its `MOVED_KEYS` {old: new}."""
+    new = getattr(cls, "MOVED_KEYS", {}).get(key)
+    if new is None:
+        return
+    head, *rest = new.split(".")
+    nested = str(value)
+    for part in reversed(rest):
+        nested = f"{{{part}: {nested}}}"
+    raise UsclfError(f"config key '{prefix}{key}' is now '{prefix}{new}': write {prefix}{new}={value} on the command "
+                     f"line, or `{head}: {nested}` in the YAML file")
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -138,6 +153,7 @@ def apply_overrides(cfg: T, overrides: list[str]) -> T:
         for i, part in enumerate(parts):
             types = _field_types(cls)
             if part not in types:
+                _refuse_moved(cls, part, ".".join(parts[:i]) + "." if i else "", value)
                 where = ".".join(parts[:i])
                 valid = ", ".join((where + "." if where else "") + k for k in types)
                 raise UsclfError(f"unknown config key '{key}'; valid keys: {valid}")

@@ -66,14 +66,14 @@ def _split(p):
     _common(p)
 
 
-@command("pretrain", "deep clustering (PICA or LSD) on unlabelled exams; writes a clustering model file",
+@command("pretrain", "deep clustering (PICA, LSD, ...) on unlabelled exams; writes a clustering model file",
          "usclf.cli.train:run_pretrain")
 def _pretrain(p):
     p.add_argument("--data", help="dataset folder written by `usclf ingest` (config key data.path)")
     p.add_argument("--out", help="output folder for checkpoints, model.pt and config.yaml (key out)")
     from ..methods import PRETRAIN, help_text  # import-light catalogue
-    p.add_argument("--method", choices=list(PRETRAIN), help="clustering method (key method; default lsd). "
-                   + help_text("pretrain"))
+    p.add_argument("--method", choices=list(PRETRAIN), help="clustering method (key method; default lsd; its own "
+                   "options go under options.NAME=VALUE). " + help_text("pretrain"))
     p.add_argument("--seed", type=int, help="training seed (key train.seed)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     _common(p)

@@ -1,30 +1,25 @@
 """What every semi-supervised method shares: the one-forward-pass step, the labelled loss of its head,
 the optional EMA teacher, pseudo-label diagnostics, and a checkpointed state.
 
-A method subclass sets `name`, `head` ('multilabel' | 'twohead'), `Options` (a dataclass; the config's
-`options:` mapping is validated against it) and implements `unlabeled_loss`. Its state (running
-thresholds, distributions) lives in `self.state` (a dict of tensors/lists) and is saved in every checkpoint
-by the Trainer through `state_dict` / `load_state_dict`, never smuggled in as model buffers.
+A method subclass (on the protocol of base.py) sets `name`, `head` ('multilabel' | 'twohead'), `Options`
+(a dataclass; the config's `options:` mapping is validated against it) and implements `unlabeled_loss`. Its
+state (running thresholds, distributions) lives in `self.state` (a dict of tensors/lists) and is saved in
+every checkpoint by the Trainer through `state_dict` / `load_state_dict`, never smuggled in as model buffers.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ..config import from_dict
 from ..errors import UsclfError
 from ..eval.clustering import combination_vocabulary
 from ..eval.pseudo_diagnostics import PseudoLabelDiagnostics
 from ..losses.fixmatch import IGNORE_INDEX, fixmatch_total, twohead_labeled
 from ..losses.supervised import multilabel_bce
-
-
-@dataclass
-class NoOptions:
-    """This method has no options of its own."""
+from .base import Method, NoOptions  # noqa: F401 (NoOptions: importable from here as before)
 
 
 @dataclass
@@ -52,16 +47,13 @@ def _part(out, a: int, b: int):
     return tuple(o[a:b] for o in out) if isinstance(out, tuple) else out[a:b]
 
 
-class SemisupMethod:
+class SemisupMethod(Method):
     """Base class; see the module doc."""
-    name: ClassVar[str] = ""
     head: ClassVar[str] = "multilabel"
-    Options: ClassVar[type] = NoOptions
 
     def __init__(self, setup: MethodSetup, options: dict | None = None):
-        self.setup = setup
-        self.options = from_dict(self.Options, dict(options or {}), prefix="options.")
-        self.check_options()
+        self.setup = setup  # before the options: check_options may look at it
+        super().__init__(options)
         if setup.teacher not in ("student", "ema"):
             raise UsclfError(f"teacher must be student or ema, got '{setup.teacher}'")
         self.vocab: list[tuple[int, ...]] = []
@@ -74,9 +66,6 @@ class SemisupMethod:
         self.state: dict[str, Any] = self.init_state()
 
     # ------------------------------------------------------------ to override
-    def check_options(self) -> None:
-        """One-line errors for option values that cannot work."""
-
     def init_state(self) -> dict[str, Any]:
         return {}
 
@@ -109,7 +98,7 @@ class SemisupMethod:
     def meta(self) -> dict[str, Any]:
         """What the model file records about the method."""
         return {"method": self.name, "head": self.head,
-                "vocab": [list(v) for v in self.vocab], "method_options": asdict(self.options)}
+                "vocab": [list(v) for v in self.vocab], "method_options": self.options_dict()}
 
     def labeled_loss(self, out, y: torch.Tensor):
         if self.head == "multilabel":

@@ -1,7 +1,10 @@
-"""`usclf pretrain`: deep clustering (PICA or LSD) on unlabelled exam-level batches (paper Sec. 2.2)."""
+"""`usclf pretrain`: deep clustering (PICA, LSD or another registered pretrain method) on unlabelled exam-level
+batches (paper Sec. 2.2). The method object (usclf/methods/, built from the config's `options:`) is the
+Trainer's step, so its state is checkpointed like any other method's."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ from ..data.sampler import ExamBatchSampler, make_loader
 from ..errors import UsclfError
 from ..eval.clustering import combination_vocabulary
 from ..methods import method_class
-from ..methods.clustering import collapse_warning
+from ..methods.clustering import ClusteringMethod, collapse_warning
 from ..models.heads import build_classifier
 from ..models.modelfile import ModelInfo, save_model_file
 from ..train.loop import seed_everything
@@ -45,13 +48,13 @@ def _build(ctx) -> StagePlan:
     seed_everything(cfg.train.seed)  # the head's (and a random backbone's) initial weights follow the seed
     model = build_classifier(cfg.model.backbone, "cluster", init=cfg.model.init,
                              imagenet_weights=cfg.model.imagenet_weights, num_clusters=k)
-    params = {"stage": "pretrain", "method": cfg.method, "lambda": cfg.lam, "alpha": 1.0 + cfg.epsilon,
+    method = build_method(cfg)
+    params = {"stage": "pretrain", "method": cfg.method, **method.run_params(),
               "K": k, "seed": cfg.train.seed, "data_hash": ctx.dhash, "n_train_images": len(rows),
               "config": to_dict(cfg)}
     tags = {"stage": "pretrain", "method": cfg.method, "init": cfg.model.init}
-    method = method_class("pretrain", cfg.method)(cfg.lam, cfg.epsilon)
-    return StagePlan(model, loader, method.step, cfg.train, f"pretrain-{cfg.method}-seed{cfg.train.seed}", params, tags,
-                     extra={"k": k, "vocab": vocab, "rows": rows})
+    return StagePlan(model, loader, method, cfg.train, f"pretrain-{cfg.method}-seed{cfg.train.seed}", params, tags,
+                     extra={"k": k, "vocab": vocab, "rows": rows, "method": method})
 
 
 def _finish(ctx, plan: StagePlan, result, tracker) -> Path:
@@ -60,7 +63,7 @@ def _finish(ctx, plan: StagePlan, result, tracker) -> Path:
     save_model_file(path, plan.model, ModelInfo(
         list(ds.classes), "pretrain", cfg.method, preprocess_meta(ds, cfg.augment), vocab=plan.extra["vocab"],
         data_hash=ctx.dhash, provenance={"steps": result.steps, "epochs": result.epochs, "seed": cfg.train.seed,
-                                         "lambda": cfg.lam, "epsilon": cfg.epsilon}))
+                                         **plan.extra["method"].provenance()}))
     tracker.log_artifact(ctx.out / "config.yaml")
     print(f"pretrained {cfg.method.upper()} (K={k}) for {result.epochs} epochs / {result.steps} steps "
           f"on {len(plan.extra['rows'])} images -> {path}")
@@ -78,8 +81,15 @@ def _finish(ctx, plan: StagePlan, result, tracker) -> Path:
     return path
 
 
+def build_method(cfg: PretrainConfig) -> ClusteringMethod:
+    """The configured method, built from its options."""
+    return method_class("pretrain", cfg.method)(cfg.options)
+
+
 def pretrain(cfg: PretrainConfig, resume: bool = False, tracking_uri: str | None = None,
              parent_run_id: str | None = None) -> Path:
     """Train the clustering model; returns the path of the model file (last-epoch weights, paper Sec. 3.2)."""
-    method_class("pretrain", cfg.method)(cfg.lam, cfg.epsilon)  # a bad method/lambda fails before the data opens
+    # a bad method or option fails before the data opens; config.yaml (what --resume compares) and the
+    # tracked config then hold every option of the method, defaults filled in
+    cfg = replace(cfg, options=build_method(cfg).options_dict())
     return run_stage(cfg, _build, _finish, resume, tracking_uri, parent_run_id)

@@ -45,6 +45,26 @@ def changed_keys(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
             if k not in RESUME_MAY_CHANGE and a.get(k, missing) != b.get(k, missing)]
 
 
+def read_moved_keys(old: dict, cls: type, new: dict) -> dict:
+    """A config.yaml written before `cls` moved some keys (its MOVED_KEYS {old: new}, e.g. pretrain's `lam` ->
+    `options.lam`) read with those keys at their new place, so `--resume` of such a run compares like with
+    like; a moved key the new config does not hold (PICA's unused `epsilon`) is dropped."""
+    moved = {k: v for k, v in getattr(cls, "MOVED_KEYS", {}).items() if k in old}
+    if not moved:
+        return old
+    out, have = dict(old), flatten(new)
+    for key, target in moved.items():
+        value = out.pop(key)
+        if target in have:
+            *heads, last = target.split(".")
+            node = out
+            for h in heads:
+                node[h] = dict(node.get(h) or {})
+                node = node[h]
+            node.setdefault(last, value)
+    return out
+
+
 def prepare_run_dir(cfg: Any, resume: bool, write: bool = True) -> Path:
     """Check `cfg.out`, refuse a resume that changes the run, clear a previous run's outputs on a fresh
     start, then (main process: `write`) create the folder and write config.yaml."""
@@ -55,7 +75,8 @@ def prepare_run_dir(cfg: Any, resume: bool, write: bool = True) -> Path:
             old = yaml.safe_load(saved.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError):
             raise UsclfError(f"{saved} is not readable YAML: cannot check that --resume continues the same run")
-        diff = changed_keys(old, yaml.safe_load(yaml.safe_dump(to_dict(cfg))))  # as config.yaml holds it
+        new = yaml.safe_load(yaml.safe_dump(to_dict(cfg)))  # as config.yaml holds it
+        diff = changed_keys(read_moved_keys(old, type(cfg), new), new)
         if diff:
             k, a, b = diff[0]
             more = f" (and {len(diff) - 1} more: {', '.join(d[0] for d in diff[1:4])})" if len(diff) > 1 else ""

@@ -152,7 +152,7 @@ def bench_pipeline(args) -> None:
         model = build_classifier("resnet18", "cluster", num_clusters=11)
         cfg = TrainConfig(epochs=2, progress=False, ckpt_every=None, deterministic=False)
         t0 = time.perf_counter()
-        res = Trainer(model, cfg, PICA(lam=2.0, epsilon=0.0).step, tmp / "ck").fit(loader)
+        res = Trainer(model, cfg, PICA({"lam": 2.0}), tmp / "ck").fit(loader)
         full = len(data) * res.epochs / (time.perf_counter() - t0)
         naive = _decode_every_step_rate(raw, size)
         cache = loader_rate(ds, size, ("weak", "weak"), 4, args.workers)

@@ -96,7 +96,7 @@ def raw_step(plan: Plan, out: Path) -> dict[str, float]:
     model = build_classifier("resnet18", "cluster", num_clusters=11)
     x = [torch.randn(plan.batch, 1, plan.size, plan.size, device=plan.device) for _ in range(2)]
     loader = TimedLoader(RepeatBatch({"views": x}, plan.warmup + plan.steps + 1), plan.warmup)
-    return _train(model, PICA(lam=2.0, epsilon=0.0).step, loader, plan, out / "raw")
+    return _train(model, PICA({"lam": 2.0}), loader, plan, out / "raw")
 
 
 def exams_per_batch(exam_ids: np.ndarray, batch: int, cap: int = 16) -> int:
@@ -115,7 +115,7 @@ def pretrain_step(ds, plan: Plan, out: Path, rank: int = 0, world: int = 1) -> d
     torch.manual_seed(0)
     model = build_classifier("resnet18", "cluster", num_clusters=11)
     loader = TimedLoader(pretrain_loader(ds, plan, rank=rank, world=world), plan.warmup)
-    return _train(model, PICA(lam=2.0, epsilon=0.0).step, loader, plan, out / "pretrain")
+    return _train(model, PICA({"lam": 2.0}), loader, plan, out / "pretrain")
 
 
 def semisup_step(ds, plan: Plan, out: Path) -> dict[str, float]:

@@ -216,9 +216,10 @@ class Trainer:
         self.best_epoch, self.bad_epochs = ck["best_epoch"], int(ck["bad_epochs"])
         self.history, self.stopped_early = list(ck["history"]), bool(ck["stopped_early"])
         if callable(getattr(self.step_fn, "load_state_dict", None)):
-            if ck.get("method") is None:
+            if ck.get("method") is not None:
+                self.step_fn.load_state_dict(ck["method"])
+            elif self.step_fn.state_dict():  # a stateless method (PICA, LSD) has nothing to restore
                 raise UsclfError(f"{self.last_path} holds no state for this run's training method")
-            self.step_fn.load_state_dict(ck["method"])
         if self.best_epoch is not None and self.best_path.is_file():
             self.best_state = load_checkpoint(self.best_path)["model"]
         return ck
