@@ -23,6 +23,7 @@ STUDIES = {  # `usclf study NAME` -> (module in usclf.studies, help)
     "baseline-check": ("baseline_check", "clustering baselines against their papers' tables"),
     "annotation-loop": ("annotation_loop", "simulated annotation loop: usclf suggest vs uncertainty vs random"),
     "bench": ("bench", "throughput benchmarks (the source of every speed claim)"),
+    "marks-check": ("marks_check", "do the models lean on burned-in marks? test images with marks removed vs a control"),
 }
 
 
