@@ -325,3 +325,20 @@ def test_nesterov_and_schedule_are_checked():
         OptimConfig(name="adam", nesterov=True)
     with pytest.raises(UsclfError, match="schedule"):
         OptimConfig(schedule="linear")
+
+
+def test_ema_warmup_is_the_running_mean_until_it_reaches_the_decay():
+    from usclf.train.optim import ema_decay
+
+    assert ema_decay(0.999, 0, warmup=True) == 0.0          # first update: the weights themselves
+    assert ema_decay(0.999, 9, warmup=True) == pytest.approx(0.9)
+    assert ema_decay(0.999, 5000, warmup=True) == 0.999     # capped at the configured decay
+    assert ema_decay(0.999, 0) == 0.999                     # off: the plain decay from step 0
+    model = torch.nn.Linear(1, 1, bias=False)
+    ema = EMA(model, decay=0.999, warmup=True)
+    seen = []
+    for k in range(4):  # weights 1, 2, 3, 4 -> the EMA is their running mean: 1, 1.5, 2, 2.5
+        model.weight.data.fill_(k + 1.0)
+        ema.update(model, step=k)
+        seen.append(ema.module.weight.item())
+    assert seen == pytest.approx([1.0, 1.5, 2.0, 2.5])

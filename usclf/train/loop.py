@@ -54,6 +54,7 @@ class TrainConfig:
     log_every: int = 10           # steps between per-step metric logs
     progress: bool = True
     ema: float | None = None      # docs/design.md §5, FixMatch: 0.999 (Sohn et al.); None = off
+    ema_warmup: bool = False      # decay min(1 - 1/(k+1), ema) as Mean Teacher's code: for runs of ~1k steps
     patience: int | None = None   # paper Sec. 3.2: 7 for supervised fine-tuning; None = no early stop
     mode: str = "max"             # the hook's "metric" is better when larger (val weighted F1)
     restore_best: bool = True     # paper Sec. 3.2: supervised/semi-sup keep the best-val weights
@@ -164,7 +165,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.optimizer = build_optimizer(list(self.model.parameters()), cfg.optim)
         self.clip_params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        self.ema = EMA(self.model, cfg.ema) if cfg.ema else None
+        self.ema = EMA(self.model, cfg.ema, cfg.ema_warmup) if cfg.ema else None
         self.net = self.model
         if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -253,7 +254,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model, ctx.step)
         return values
 
     # ---------------------------------------------------------------- epoch end

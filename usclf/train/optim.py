@@ -32,21 +32,29 @@ class OptimConfig:
             raise UsclfError(f"train.optim.nesterov needs train.optim.name=sgd, got {self.name}")
 
 
+def ema_decay(decay: float, step: int, warmup: bool = False) -> float:
+    """The EMA decay at global step `step` (0 = the first update). With `warmup`, Mean Teacher's official code
+    (Tarvainen & Valpola 2017): min(1 - 1 / (step + 1), decay), the plain mean of the weights so far until it
+    reaches `decay`; without it a short run's EMA keeps decay^steps of the initial weights (0.999^210 = 0.81)."""
+    return min(1.0 - 1.0 / (step + 1), decay) if warmup else decay
+
+
 class EMA:
     """Exponential moving average of parameters; buffers (BatchNorm statistics) are copied."""
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = False):
         if not 0.0 < decay < 1.0:
             raise UsclfError(f"ema decay must be in (0, 1), got {decay}")
-        self.decay = decay
+        self.decay, self.warmup = decay, warmup
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int = 0) -> None:
+        d = ema_decay(self.decay, step, self.warmup)
         for e, p in zip(self.module.parameters(), model.parameters()):
-            e.mul_(self.decay).add_(p.detach().to(e.dtype), alpha=1.0 - self.decay)
+            e.mul_(d).add_(p.detach().to(e.dtype), alpha=1.0 - d)
         for e, b in zip(self.module.buffers(), model.buffers()):
             e.copy_(b)
 
