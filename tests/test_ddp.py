@@ -92,8 +92,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
                              start_method="spawn")
     try:
         while not ctx.join(timeout=60):
-            if time.time() - start > 120:
-                pytest.fail("DDP workers did not finish in 120 s")
+            if time.time() - start > 600:  # 2 spawned ranks on a busy 2-core CI machine
+                pytest.fail("DDP workers did not finish in 600 s")
     finally:
         for p in ctx.processes:
             if p.is_alive():

@@ -148,9 +148,20 @@ class SemisupMethod(Method):
             pseudo, mask, rows = (all_ranks(t) for t in (info["pseudo_ml"], info["mask_ml"], unl["row"]))
             metrics.update(self.diag.update(step, pseudo, mask, rows))
         if ctx is not None and getattr(ctx, "world_size", 1) > 1:  # DDP: this rank's share of the global batch
-            w_sup, w_u = mean_weights([nl, nu], x.device)
-            l_sup, l_u = l_sup * w_sup, l_u * w_u
+            l_sup, l_u = self.rank_share(l_sup, parts, l_u, y, nu)
         return fixmatch_total(l_sup, l_u, self.setup.lambda_u), metrics
+
+    def rank_share(self, l_sup, parts: dict, l_u, y: torch.Tensor, nu: int):
+        """This rank's labelled and unlabelled losses weighted so that DDP's mean over ranks is the mean over
+        the global batch. Each term is weighted by the rows it averages: the label-set CE only by the rows
+        whose label set is in the vocabulary, which differ between ranks (a collective)."""
+        nl = y.shape[0]
+        if "ce" not in parts:
+            w_sup, w_u = mean_weights([nl, nu], y.device)
+            return l_sup * w_sup, l_u * w_u
+        n_ce = int((combo_targets(y, self.vocab_t) != IGNORE_INDEX).sum())
+        w_bce, w_u, w_ce = mean_weights([nl, nu, n_ce], y.device)
+        return parts["bce"] * w_bce + parts["ce"] * w_ce, l_u * w_u
 
     def state_dict(self) -> dict[str, Any]:
         return {"state": {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.state.items()},
