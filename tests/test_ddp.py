@@ -6,6 +6,7 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -91,8 +92,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
                              start_method="spawn")
     try:
         while not ctx.join(timeout=60):
-            if time.time() - start > 120:
-                pytest.fail("DDP workers did not finish in 120 s")
+            if time.time() - start > 600:  # 2 spawned ranks on a busy 2-core CI machine
+                pytest.fail("DDP workers did not finish in 600 s")
     finally:
         for p in ctx.processes:
             if p.is_alive():
@@ -118,3 +119,60 @@ def test_gather_is_identity_without_a_process_group():
     t = torch.randn(3, 2, requires_grad=True)
     assert gather_with_grad(t) is t
     assert init_distributed().world_size == 1
+
+
+# ---------------------------------------------------------------- semisup methods' running state under DDP
+METHOD_NAMES = ("flexmatch-twohead", "freematch-twohead", "fixmatch-da-twohead")
+POOL = np.array([3, 8, 1, 12, 5, 9, 0, 7, 11, 2])  # manifest rows of the unlabelled pool (unsorted)
+
+
+def _method_batches() -> list[torch.Tensor]:
+    """Per step: the global batch's pool rows (uneven split below) and its weak combo logits (K = 3)."""
+    g = torch.Generator().manual_seed(2)
+    return [(torch.tensor(POOL[torch.randperm(len(POOL), generator=g)[:7].numpy()]),
+             3 * torch.randn(7, 3, generator=g)) for _ in range(4)]
+
+
+def _method_states(rank: int | None) -> dict[str, dict]:
+    """Each method's state after 4 steps on this rank's rows (4 and 3 of 7; all rows when rank is None)."""
+    from usclf.methods import method_class
+    from usclf.methods.semisup_base import MethodSetup
+
+    y_lab = np.array([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [1, 1]])
+    rows = slice(0, 7) if rank is None else (slice(0, 4) if rank == 0 else slice(4, 7))
+    states = {}
+    for name in METHOD_NAMES:
+        m = method_class("semisup", name)(MethodSetup(classes=["a", "b"], y_labeled=y_lab, tau=0.6,
+                                                      unlabeled_rows=POOL), None)
+        for r, logits in _method_batches():
+            weak = (logits[rows], None)
+            m.unlabeled_loss(weak, (logits[rows].clone(), None), m.pool_index(r[rows]))
+        states[name] = m.state_dict()["state"]
+    return states
+
+
+def _method_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    init_distributed()
+    try:
+        torch.save(_method_states(rank), Path(out) / f"methods{rank}.pt")
+    finally:
+        cleanup_distributed()
+
+
+def test_method_state_is_updated_from_every_ranks_rows(tmp_path):
+    """FlexMatch's per-image state (and FreeMatch's / DA's running statistics) on each of 2 ranks, each with
+    part of every batch, equal the state of one process on the whole batches."""
+    mp.start_processes(_method_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    single = _method_states(None)
+    assert (single["flexmatch-twohead"]["selected"] >= 0).sum() >= 3  # confident images were recorded
+    for r in range(2):
+        got = torch.load(tmp_path / f"methods{r}.pt", weights_only=False)
+        for name, state in single.items():
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and v.is_floating_point():
+                    assert torch.allclose(got[name][k], v, atol=1e-6), (r, name, k)
+                else:
+                    assert torch.equal(torch.as_tensor(got[name][k]), torch.as_tensor(v)), (r, name, k)

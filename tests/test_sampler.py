@@ -102,6 +102,36 @@ def test_ranks_get_disjoint_exams_and_equal_batch_counts(drop_last):
     assert n_exams == (12 if drop_last else 14)
 
 
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_ranks_split_the_one_process_batches_seeds_included(world, drop_last):
+    """Batch sizes are global: the ranks' batches together are the batch one process draws, every row with
+    the augmentation seed it has there, so W processes see the data of one."""
+    ids = exam_ids(SIZES)
+    for exams, make in ((True, lambda r, w: ExamBatchSampler(ids, 4, max_images_per_exam=3, seed=2, rank=r,
+                                                             world_size=w, drop_last=drop_last)),
+                        (False, lambda r, w: RandomBatchSampler(len(ids), 5, seed=2, rank=r, world_size=w,
+                                                                drop_last=drop_last))):
+        one = make(0, 1)
+        ranks = [make(r, world) for r in range(world)]
+        for epoch in (0, 1):
+            for s in (one, *ranks):
+                s.set_epoch(epoch)
+            ref, outs = batches(one), [batches(s) for s in ranks]
+            assert all(len(o) == len(ref) == len(s) for o, s in zip(outs, ranks))
+            for i, b in enumerate(ref):
+                parts = [o[i] for o in outs]
+                assert all(parts)  # every rank gets a share of every batch
+                union = sorted(x for p in parts for x in p)
+                if (len({ids[r] for r, _ in b}) if exams else len(b)) >= world:
+                    assert union == sorted(b)
+                    assert sum(len(p) for p in parts) == len(set(union))  # disjoint
+                else:  # a last batch too small to share is padded with the epoch's first units
+                    assert set(b) <= set(union)
+    with pytest.raises(UsclfError, match="cannot be shared by 3 processes"):
+        ExamBatchSampler(ids, 2, rank=0, world_size=3)
+
+
 def test_resume_mid_epoch_yields_exactly_the_remaining_batches():
     ids = exam_ids(SIZES)
     ref = ExamBatchSampler(ids, exams_per_batch=2, max_images_per_exam=3, seed=9)
@@ -138,7 +168,8 @@ def test_random_batch_sampler():
     assert batches(s) != out
     ranks = [RandomBatchSampler(23, batch_size=4, seed=0, rank=r, world_size=2, drop_last=True) for r in range(2)]
     got = [[r for b in rs for r, _ in b] for rs in ranks]
-    assert len(ranks[0]) == len(ranks[1]) == 2 and not set(got[0]) & set(got[1])
+    assert len(ranks[0]) == len(ranks[1]) == 5 and not set(got[0]) & set(got[1])  # 5 global batches of 4
+    assert [len(b) for b in ranks[0]] == [2] * 5
     s2 = RandomBatchSampler(23, batch_size=5, seed=0)
     s2.load_state_dict({"epoch": 0, "consumed": 2})
     assert batches(s2) == out[2:]

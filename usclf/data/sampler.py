@@ -1,14 +1,17 @@
 """Batch samplers (docs/design.md §3.5, paper Sec. 3.2) and the DataLoader factory.
 
 Both samplers yield lists of `(index, aug_seed)` pairs. `aug_seed` is a pure function of (sampler seed,
-epoch, rank, batch index, position in batch), so augmentations never depend on worker processes, and a
-run resumed mid-epoch (`load_state_dict`) sees exactly the batches - rows and seeds - of an
-uninterrupted one.
+epoch, batch index, position in the global batch), so augmentations never depend on worker processes
+or on the number of processes, and a run resumed mid-epoch (`load_state_dict`) sees exactly the
+batches - rows and seeds - of an uninterrupted one.
 
-DDP: every rank builds the same shuffled list for the epoch and takes a disjoint slice of it. To give
-every rank the same number of batches, the list is padded by repeating its first items when
-`drop_last=False` (like torch's DistributedSampler) and truncated to a multiple of `world_size` when
-`drop_last=True`.
+DDP: the batch size (`batch_size` images, `exams_per_batch` exams) is the GLOBAL batch. Every rank
+draws the same epoch order and the same global batches; rank r takes units (exams, or images) r, r+W,
+r+2W, ... of each global batch, with the seeds those units have in it. The union of the ranks' batches
+is the batch one process draws with the same settings, so W processes see the data of one (the loss
+and BatchNorm decide whether they also compute the same step: docs/performance.md). Every rank has the
+same number of batches; a last partial batch too small to give each rank a unit is padded with the
+epoch's first units (`drop_last=False`), or dropped with the other partial batch (`drop_last=True`).
 """
 from __future__ import annotations
 
@@ -25,40 +28,44 @@ from .dataset import collate
 Batch = list[tuple[int, int]]
 
 
-def _aug_seeds(seed: int, epoch: int, rank: int, batch_idx: int, n: int) -> np.ndarray:
-    """n uint32 augmentation seeds for one batch, a pure function of its coordinates."""
-    return np.random.SeedSequence([seed, epoch, rank, batch_idx]).generate_state(n, dtype=np.uint32)
+def _aug_seeds(seed: int, epoch: int, batch_idx: int, n: int) -> np.ndarray:
+    """n uint32 augmentation seeds for one global batch, a pure function of its coordinates (the 0 is the
+    rank field of earlier versions: seeds of one-process runs are unchanged)."""
+    return np.random.SeedSequence([seed, epoch, 0, batch_idx]).generate_state(n, dtype=np.uint32)
 
 
-def _rank_slice(items: np.ndarray, rank: int, world_size: int, drop_last: bool) -> np.ndarray:
-    """This rank's disjoint share of a shuffled list; equal length on every rank (pad or truncate)."""
-    n = len(items)
-    if world_size == 1:
-        return items
-    if drop_last:
-        items = items[: n - n % world_size]
-    else:
-        per_rank = math.ceil(n / world_size)
-        pad = per_rank * world_size - n
-        items = np.concatenate([items, np.resize(items, pad)]) if pad else items
-    return items[rank::world_size]
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + l) for each (s, l)."""
+    lens = np.asarray(lens, dtype=np.int64)
+    if lens.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    before = np.cumsum(lens) - lens
+    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lens) + np.arange(int(lens.sum()))
 
 
 class _SeededBatchSampler:
-    """Shared epoch / resume bookkeeping; subclasses implement `_epoch_groups`."""
+    """Shared epoch / resume / rank bookkeeping; subclasses implement `_epoch_units` and `_n_units`."""
 
-    def __init__(self, seed: int, rank: int, world_size: int, drop_last: bool):
+    def __init__(self, seed: int, rank: int, world_size: int, drop_last: bool, per_batch: int, unit: str):
         if world_size < 1 or not 0 <= rank < world_size:
             raise UsclfError(f"sampler: rank {rank} is not valid for world_size {world_size}")
+        if per_batch < world_size:
+            raise UsclfError(f"a batch of {per_batch} {unit} cannot be shared by {world_size} processes: the batch "
+                             f"size is the global one, set it to at least {world_size}")
         self.seed = int(seed)
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.drop_last = bool(drop_last)
+        self.per_batch = int(per_batch)
         self.epoch = 0
         self._skip = 0       # batches of `epoch` already consumed before a resume
         self._yielded = 0    # batches handed out in the current iteration
 
-    def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
+    def _n_units(self) -> int:
+        raise NotImplementedError
+
+    def _epoch_units(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The epoch's draw: all rows in draw order and the row count of each unit (exam or image)."""
         raise NotImplementedError
 
     def set_epoch(self, epoch: int) -> None:
@@ -75,33 +82,45 @@ class _SeededBatchSampler:
         return {"epoch": self.epoch, "consumed": done, "seed": self.seed}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Resume: the next iteration yields epoch `state['epoch']` from batch `state['consumed']` on."""
+        """Resume: the next iteration yields epoch `state['epoch']` from batch `state['consumed']` on
+        (global batches: a resume may use another number of processes)."""
         if "seed" in state and int(state["seed"]) != self.seed:
             raise UsclfError(f"sampler state was saved with seed {state['seed']}, this sampler has seed {self.seed}")
         self.epoch = int(state["epoch"])
         self._skip = int(state["consumed"])
         self._yielded = 0
 
-    def _batches(self, n_units: int, per_batch: int) -> int:
-        """Batches per epoch on one rank, for `n_units` exams/rows grouped `per_batch` at a time."""
-        per_rank = n_units // self.world_size if self.drop_last else math.ceil(n_units / self.world_size)
-        return per_rank // per_batch if self.drop_last else math.ceil(per_rank / per_batch)
-
     def __len__(self) -> int:
-        """Batches per (full) epoch on this rank."""
-        raise NotImplementedError
+        """Batches per (full) epoch, the same on every rank."""
+        n = self._n_units()
+        return n // self.per_batch if self.drop_last else math.ceil(n / self.per_batch)
+
+    def _unit_order(self, n: int) -> np.ndarray:
+        """Indices into the epoch's units, batch after batch: truncated (drop_last) or with a last batch
+        padded from the first units so that each rank gets one (never with one process)."""
+        units = np.arange(min(n, len(self) * self.per_batch))
+        rest = len(units) % self.per_batch
+        if not self.drop_last and 0 < rest < self.world_size:
+            units = np.concatenate([units, np.resize(np.arange(n), self.world_size - rest)])
+        return units
 
     def __iter__(self) -> Iterator[Batch]:
-        groups = self._epoch_groups(self.epoch)
+        flat, sizes = self._epoch_units(self.epoch)
+        starts = np.cumsum(sizes) - sizes
+        units, t, n_batches = self._unit_order(len(sizes)), self.per_batch, len(self)
         start = self._skip
         self._yielded = 0
-        for b in range(start, len(groups)):
-            rows = groups[b]
-            seeds = _aug_seeds(self.seed, self.epoch, self.rank, b, len(rows))
+        for b in range(start, n_batches):
+            u = units[b * t:(b + 1) * t]
+            lens = sizes[u]
+            seeds = _aug_seeds(self.seed, self.epoch, b, int(lens.sum()))
+            mine = slice(self.rank, None, self.world_size)
+            rows = flat[_ranges(starts[u][mine], lens[mine])]
+            own = seeds[_ranges((np.cumsum(lens) - lens)[mine], lens[mine])]
             self._yielded += 1
-            yield [(int(r), int(s)) for r, s in zip(rows, seeds)]
+            yield [(int(r), int(s)) for r, s in zip(rows, own)]
         # Epoch done: state_dict() now says so; iterating again without set_epoch repeats the epoch.
-        self._skip, self._yielded = 0, len(groups)
+        self._skip, self._yielded = 0, n_batches
 
 
 class ExamBatchSampler(_SeededBatchSampler):
@@ -114,9 +133,9 @@ class ExamBatchSampler(_SeededBatchSampler):
     def __init__(self, exam_ids: Sequence | np.ndarray, exams_per_batch: int = 16,
                  max_images_per_exam: int | None = None, seed: int = 0, rank: int = 0,
                  world_size: int = 1, drop_last: bool = False):
-        super().__init__(seed, rank, world_size, drop_last)
         if exams_per_batch < 1:
             raise UsclfError(f"exams_per_batch must be >= 1, got {exams_per_batch}")
+        super().__init__(seed, rank, world_size, drop_last, exams_per_batch, "exams")
         if max_images_per_exam is not None and max_images_per_exam < 1:
             raise UsclfError(f"max_images_per_exam must be >= 1 or null, got {max_images_per_exam}")
         ids = np.asarray(exam_ids)
@@ -134,13 +153,11 @@ class ExamBatchSampler(_SeededBatchSampler):
         self.exam_rows: list[np.ndarray] = np.split(order, bounds)
         self.exams_per_batch = int(exams_per_batch)
         self.max_images_per_exam = max_images_per_exam
-        if len(exams) < world_size and drop_last:
-            raise UsclfError(f"exam sampler: {len(exams)} exam(s) cannot be shared by {world_size} ranks")
 
-    def __len__(self) -> int:
-        return self._batches(len(self.exams), self.exams_per_batch)
+    def _n_units(self) -> int:
+        return len(self.exams)
 
-    def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
+    def _epoch_units(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
         perm = rng.permutation(len(self.exams))
         cap = self.max_images_per_exam
@@ -149,9 +166,7 @@ class ExamBatchSampler(_SeededBatchSampler):
         for e in perm:
             r = self.exam_rows[e]
             rows.append(np.sort(rng.choice(r, size=cap, replace=False)) if cap and len(r) > cap else r)
-        mine = _rank_slice(np.arange(len(perm)), self.rank, self.world_size, self.drop_last)
-        t = self.exams_per_batch
-        return [np.concatenate([rows[i] for i in mine[b * t:(b + 1) * t]]) for b in range(len(self))]
+        return np.concatenate(rows), np.array([len(r) for r in rows], dtype=np.int64)
 
 
 class RandomBatchSampler(_SeededBatchSampler):
@@ -159,22 +174,19 @@ class RandomBatchSampler(_SeededBatchSampler):
 
     def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
                  drop_last: bool = False):
-        super().__init__(seed, rank, world_size, drop_last)
         if n < 1:
             raise UsclfError("random sampler: no images to sample from")
         if batch_size < 1:
             raise UsclfError(f"batch_size must be >= 1, got {batch_size}")
+        super().__init__(seed, rank, world_size, drop_last, batch_size, "images")
         self.n = int(n)
         self.batch_size = int(batch_size)
 
-    def __len__(self) -> int:
-        return self._batches(self.n, self.batch_size)
+    def _n_units(self) -> int:
+        return self.n
 
-    def _epoch_groups(self, epoch: int) -> list[np.ndarray]:
-        perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-        mine = _rank_slice(perm, self.rank, self.world_size, self.drop_last)
-        b = self.batch_size
-        return [mine[i * b:(i + 1) * b] for i in range(len(self))]
+    def _epoch_units(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n), np.ones(self.n, dtype=np.int64)
 
 
 def make_loader(dataset: Dataset, sampler: _SeededBatchSampler | None = None, workers: int = 0,

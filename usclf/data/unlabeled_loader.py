@@ -147,12 +147,12 @@ def fixmatch_loader(labeled: UltrasoundDataset, unlabeled: UltrasoundDataset, ba
     Labelled: image-level batches of `batch_size` (last partial batch dropped when there is more than
     one batch: BatchNorm needs > 1 image). Unlabelled: `unlabeled_exams` whole exams per step (each capped
     at `max_images_per_exam` images). The streams use different seeds so their orders are independent.
+    Under DDP both sizes are global: each rank takes its share of every step (sampler.py).
     """
     if workers < 0:
         raise UsclfError(f"workers must be >= 0, got {workers}")
-    n_per_rank = len(labeled) // world_size
     lab = RandomBatchSampler(len(labeled), batch_size, seed=seed, rank=rank, world_size=world_size,
-                             drop_last=n_per_rank >= batch_size)
+                             drop_last=len(labeled) >= batch_size)
     unl = ExamBatchSampler(unlabeled.exam_ids, unlabeled_exams, max_images_per_exam, seed=seed + 1,
                            rank=rank, world_size=world_size)
     loader = DataLoader(PairedDataset(labeled, unlabeled), batch_sampler=StepBatchSampler(lab, unl, steps_per_epoch),

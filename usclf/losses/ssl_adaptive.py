@@ -100,10 +100,12 @@ def freematch_mask(state: dict[str, Tensor], probs_weak: Tensor) -> Tensor:
 
 
 def freematch_unlabeled(
-    logits_weak: Tensor, logits_strong: Tensor, state: dict[str, Tensor], momentum: float = 0.999
+    logits_weak: Tensor, logits_strong: Tensor, state: dict[str, Tensor], momentum: float = 0.999,
+    stats_logits: Tensor | None = None
 ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
     """FreeMatch L_u: update SAT with the weak batch, then CE(strong, argmax q) on kept rows, mean over
-    ALL rows. Returns (loss, {"mask_rate", "pseudo" (N long), "mask" (N bool), "thresholds" (K)}, new_state)."""
+    ALL rows. Returns (loss, {"mask_rate", "pseudo" (N long), "mask" (N bool), "thresholds" (K)}, new_state).
+    `stats_logits`: the weak logits SAT is updated with instead (DDP: every rank's rows, as USB gathers)."""
     k = _matrix(logits_weak, "FreeMatch logits_weak").shape[1]
     if _matrix(logits_strong, "FreeMatch logits_strong").shape != logits_weak.shape:
         raise UsclfError(f"FreeMatch: weak {tuple(logits_weak.shape)} and strong {tuple(logits_strong.shape)} differ")
@@ -111,7 +113,8 @@ def freematch_unlabeled(
     with _no_autocast(logits_strong):
         with torch.no_grad():
             q = torch.softmax(upcast(logits_weak.detach()), dim=1)
-            new_state = freematch_update(state, q, momentum)  # USB: update before masking, same batch
+            q_all = q if stats_logits is None else torch.softmax(upcast(stats_logits.detach()), dim=1)
+            new_state = freematch_update(state, q_all, momentum)  # USB: update before masking, same batch
             mask = freematch_mask(new_state, q)
             pseudo = q.argmax(dim=1)
         per_row = F.cross_entropy(upcast(logits_strong), pseudo, reduction="none")

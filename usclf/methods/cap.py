@@ -13,7 +13,7 @@ import torch
 
 from ..errors import UsclfError
 from ..losses.ssl_adaptive import cap_onehead_unlabeled, cap_thresholds, ema_probs_pool
-from .semisup_base import SemisupMethod
+from .semisup_base import SemisupMethod, all_ranks
 
 
 @dataclass
@@ -37,7 +37,8 @@ class CAPOneHead(SemisupMethod):
         with torch.no_grad():
             probs = torch.sigmoid(out_weak.detach().float())
             old = self.state["pool"]
-            pool = ema_probs_pool(old.to(probs.device) if len(old) else None, probs, self.options.pool)
+            every = torch.sigmoid(all_ranks(out_weak).detach().float())  # DDP: every rank's rows join the pool
+            pool = ema_probs_pool(old.to(probs.device) if len(old) else None, every, self.options.pool)
             tau_pos, tau_neg = cap_thresholds(pool, self.state["prior"].to(probs.device))
         self.state = {**self.state, "pool": pool.cpu()}
         loss, info = cap_onehead_unlabeled(out_weak, out_strong, tau_pos, tau_neg)

@@ -14,7 +14,7 @@ from ..errors import UsclfError
 from ..losses.fixmatch import masked_hard_ce
 from ..losses.ssl_adaptive import dist_align, dist_align_update
 from .fixmatch import combo_info
-from .semisup_base import SemisupMethod
+from .semisup_base import SemisupMethod, all_ranks
 
 
 @dataclass
@@ -41,7 +41,8 @@ class FixMatchDATwoHead(SemisupMethod):
     def unlabeled_loss(self, out_weak, out_strong, idx=None):
         with torch.no_grad():
             probs = torch.softmax(out_weak[0].detach().float(), dim=1)
-            p_model = dist_align_update(self.state["p_model"].to(probs.device), probs, self.options.momentum)
+            every = torch.softmax(all_ranks(out_weak[0]).detach().float(), dim=1)  # DDP: the global batch
+            p_model = dist_align_update(self.state["p_model"].to(probs.device), every, self.options.momentum)
             aligned = dist_align(probs, p_model, self.state["p_target"].to(probs.device))
             max_p, pseudo = aligned.max(dim=1)
             mask = max_p >= self.setup.tau

@@ -16,8 +16,9 @@ from torch import Tensor
 
 from ..errors import UsclfError
 from ..losses.fixmatch import masked_hard_ce
+from ..train.distributed import get_dist_info
 from .fixmatch import combo_info
-from .semisup_base import SemisupMethod
+from .semisup_base import SemisupMethod, all_ranks
 
 MAPPINGS = ("convex", "linear")
 
@@ -44,16 +45,23 @@ def flex_thresholds(status: Tensor, tau: float, mapping: str = "convex") -> Tens
 
 
 def flexmatch_unlabeled(logits_weak: Tensor, logits_strong: Tensor, idx: Tensor, state: dict[str, Tensor],
-                        tau: float, mapping: str = "convex", warmup: bool = True):
+                        tau: float, mapping: str = "convex", warmup: bool = True,
+                        every: tuple[Tensor, Tensor] | None = None):
     """(L_u, info, new state): the mask uses the status before this batch (as USB); then the images with
-    max p >= tau record their class and the status is recomputed from the whole pool."""
+    max p >= tau record their class and the status is recomputed from the whole pool. `every`: the (idx, weak
+    logits) the state is updated from instead (DDP: every rank's rows, as USB gathers idx_ulb and its probs)."""
     probs = torch.softmax(logits_weak.detach().float(), dim=1)
     conf, pseudo = probs.max(dim=1)
     status = state["status"].to(probs.device)
     mask = conf >= flex_thresholds(status, tau, mapping)[pseudo]
     selected = state["selected"].clone()
-    confident = conf >= tau
-    selected[idx[confident].to(selected.device)] = pseudo[confident].to(selected.device)
+    if every is not None:
+        idx = every[0]
+        conf_all, pseudo_all = torch.softmax(every[1].detach().float(), dim=1).max(dim=1)
+    else:
+        conf_all, pseudo_all = conf, pseudo
+    confident = conf_all >= tau
+    selected[idx[confident].to(selected.device)] = pseudo_all[confident].to(selected.device)
     new = {"selected": selected, "status": flex_status(selected, status.numel(), state["status"], warmup)}
     loss = masked_hard_ce(logits_strong, pseudo, mask)
     return loss, {"mask": mask, "mask_rate": mask.float().mean(), "pseudo": pseudo}, new
@@ -83,8 +91,9 @@ class FlexMatchTwoHead(SemisupMethod):
     def unlabeled_loss(self, out_weak, out_strong, idx=None):
         if idx is None:
             raise UsclfError("flexmatch-twohead needs each unlabelled image's pool index (batch key 'row')")
-        # per-rank state under DDP: each rank counts the images it saw (USB gathers them; not done here)
+        # DDP: every rank's images update the per-image state, so all ranks hold the global batch's state
+        every = (all_ranks(idx), all_ranks(out_weak[0])) if get_dist_info().distributed else None
         loss, info, self.state = flexmatch_unlabeled(out_weak[0], out_strong[0], idx, self.state, self.setup.tau,
-                                                     self.options.mapping, self.options.warmup)
+                                                     self.options.mapping, self.options.warmup, every)
         thr = flex_thresholds(self.state["status"], self.setup.tau, self.options.mapping)
         return loss, {**combo_info(self, info), "thr/mean": thr.mean().detach()}

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 from ..errors import UsclfError
 from ..losses.ssl_adaptive import freematch_fairness, freematch_init, freematch_unlabeled
+from ..train.distributed import get_dist_info
 from .fixmatch import combo_info
-from .semisup_base import SemisupMethod
+from .semisup_base import SemisupMethod, all_ranks
 
 
 @dataclass
@@ -34,7 +35,9 @@ class FreeMatchTwoHead(SemisupMethod):
         return freematch_init(len(self.vocab))
 
     def unlabeled_loss(self, out_weak, out_strong, idx=None):
-        loss, info, self.state = freematch_unlabeled(out_weak[0], out_strong[0], self.state, self.options.momentum)
+        stats = all_ranks(out_weak[0]) if get_dist_info().distributed else None  # DDP: SAT of the global batch
+        loss, info, self.state = freematch_unlabeled(out_weak[0], out_strong[0], self.state, self.options.momentum,
+                                                     stats_logits=stats)
         if self.options.fairness:
             loss = loss + self.options.fairness * freematch_fairness(out_strong[0], info["mask"], self.state)
         return loss, {**combo_info(self, info), "thr/mean": info["thresholds"].mean().detach(),

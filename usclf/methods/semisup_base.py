@@ -19,6 +19,7 @@ from ..eval.clustering import combination_vocabulary
 from ..eval.pseudo_diagnostics import PseudoLabelDiagnostics
 from ..losses.fixmatch import IGNORE_INDEX, fixmatch_total, twohead_labeled
 from ..losses.supervised import multilabel_bce
+from ..train.distributed import gather_with_grad, get_dist_info, mean_weights
 from .base import Method, NoOptions  # noqa: F401 (NoOptions: importable from here as before)
 
 
@@ -41,6 +42,17 @@ def combo_targets(y: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
     hit = (y[:, None, :] == vocab[None].to(y)).all(dim=2)  # N x K
     return torch.where(hit.any(dim=1), hit.float().argmax(dim=1), torch.full_like(hit[:, 0], IGNORE_INDEX,
                                                                                   dtype=torch.long))
+
+
+def all_ranks(t: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows of `t` (this rank's part of the batch), in rank order, without gradient; `t`
+    itself without DDP. Running statistics and diagnostics use it, so every rank keeps the state of the global
+    batch (the checkpoint, written by rank 0, then holds the state every rank has)."""
+    if not get_dist_info().distributed:
+        return t
+    flag = t.dtype == torch.bool
+    out = gather_with_grad((t.to(torch.uint8) if flag else t).detach())
+    return out.bool() if flag else out
 
 
 def _part(out, a: int, b: int):
@@ -133,8 +145,23 @@ class SemisupMethod(Method):
         metrics.update({k: v for k, v in info.items() if k.startswith("thr/")})
         if self.setup.diagnostics and "row" in unl:
             step = ctx.step if ctx is not None else len(self.diag.steps)
-            metrics.update(self.diag.update(step, info["pseudo_ml"], info["mask_ml"], unl["row"]))
+            pseudo, mask, rows = (all_ranks(t) for t in (info["pseudo_ml"], info["mask_ml"], unl["row"]))
+            metrics.update(self.diag.update(step, pseudo, mask, rows))
+        if ctx is not None and getattr(ctx, "world_size", 1) > 1:  # DDP: this rank's share of the global batch
+            l_sup, l_u = self.rank_share(l_sup, parts, l_u, y, nu)
         return fixmatch_total(l_sup, l_u, self.setup.lambda_u), metrics
+
+    def rank_share(self, l_sup, parts: dict, l_u, y: torch.Tensor, nu: int):
+        """This rank's labelled and unlabelled losses weighted so that DDP's mean over ranks is the mean over
+        the global batch. Each term is weighted by the rows it averages: the label-set CE only by the rows
+        whose label set is in the vocabulary, which differ between ranks (a collective)."""
+        nl = y.shape[0]
+        if "ce" not in parts:
+            w_sup, w_u = mean_weights([nl, nu], y.device)
+            return l_sup * w_sup, l_u * w_u
+        n_ce = int((combo_targets(y, self.vocab_t) != IGNORE_INDEX).sum())
+        w_bce, w_u, w_ce = mean_weights([nl, nu, n_ce], y.device)
+        return parts["bce"] * w_bce + parts["ce"] * w_ce, l_u * w_u
 
     def state_dict(self) -> dict[str, Any]:
         return {"state": {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.state.items()},

@@ -13,7 +13,7 @@ from ..data.dataset import UltrasoundDataset
 from ..data.sampler import RandomBatchSampler, make_loader
 from ..losses.supervised import multilabel_bce
 from ..models.heads import build_classifier
-from ..train.distributed import seed_everything
+from ..train.distributed import mean_weights, seed_everything
 from .classifier import (ValidationF1, cfg_labelled_rows, finish_classifier, init_kind, run_params,
                          run_tags, summary)
 from .common import rows_in
@@ -22,8 +22,13 @@ from .stage_configs import FinetuneConfig
 
 
 def supervised_step(model, batch, ctx):
-    """BCE with logits over the C+1 classes on the weak view."""
-    return multilabel_bce(model(batch["views"][0]), batch["y"]), {}
+    """BCE with logits over the C+1 classes on the weak view (under DDP weighted by this rank's share of the
+    global batch, so the averaged gradient is that of the mean over the global batch)."""
+    x = batch["views"][0]
+    loss = multilabel_bce(model(x), batch["y"])
+    if ctx is not None and ctx.world_size > 1:
+        loss = loss * mean_weights([x.shape[0]], x.device)[0]
+    return loss, {}
 
 
 def _build(ctx) -> StagePlan:
@@ -36,9 +41,10 @@ def _build(ctx) -> StagePlan:
                              imagenet_weights=cfg.model.imagenet_weights, num_classes=len(ds.classes))
     dataset = UltrasoundDataset(ds, rows, views=("weak",), aug=cfg.augment)
     b = cfg.data.batch_size
-    # drop a last partial batch (it could hold a single image, which BatchNorm rejects) unless it is the only one
+    # drop a last partial batch (it could hold a single image, which BatchNorm rejects) unless it is the only one;
+    # b is the global batch: under DDP each rank takes its share of it (data/sampler.py)
     sampler = RandomBatchSampler(len(rows), b, seed=cfg.train.seed, rank=dist.rank, world_size=dist.world_size,
-                                 drop_last=len(rows) // dist.world_size >= b)
+                                 drop_last=len(rows) >= b)
     n_exams = ds.manifest["exam_id"].iloc[rows].nunique()
     params = {**run_params("finetune", "supervised", cfg, ctx, len(rows)), "n_train_exams": n_exams}
     return StagePlan(model, make_loader(dataset, sampler, cfg.data.workers, pin_memory=True), supervised_step,

@@ -5,10 +5,15 @@ loader, step and what to log) and `finish(ctx, plan, result, tracker) -> Path` (
 called on the main process only). Everything else — distributed setup, opening the split, validating
 before anything is written, the run folder's lock (one writer per --out: a second run stops before it
 writes config.yaml), the run folder and config.yaml, the tracked run, fit and resume — lives here.
+
+Under torchrun every rank builds the plan (its share of the data) and trains; rank 0 alone takes the
+lock, writes the run folder, the MLflow run, validation and `finish` (thresholds, model file, report)
+while the others wait, and a failure there stops every rank. A job that torchrun restarts after a
+failure (`--max-restarts`) resumes from the run's last checkpoint.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +24,8 @@ from ..data.cache import CachedDataset
 from ..locks import output_lock
 from ..paths import check_out_dir
 from ..tracking import Tracker
-from ..train.distributed import DistInfo, get_dist_info, init_distributed
+from ..train.distributed import (DistInfo, cleanup_distributed, elastic_restart, get_dist_info, init_distributed,
+                                 run_on_main)
 from ..train.loop import TrainConfig, Trainer, TrainResult
 from .common import open_split
 from .run_dir import prepare_run_dir
@@ -56,22 +62,33 @@ def run_stage(cfg: Any, build: Callable[[StageContext], StagePlan],
               resume: bool = False, tracking_uri: str | None = None, parent_run_id: str | None = None) -> Path:
     """Run one training stage; returns its model file. `build` runs before anything is written, so a bad
     setting or an empty split fails with nothing on disk; a resume that changes the run is refused."""
-    dist = init_distributed() if get_dist_info().world_size > 1 else get_dist_info()
+    joined = not get_dist_info().distributed
+    dist = init_distributed()  # torchrun (WORLD_SIZE > 1): join the job; one process: nothing to do
+    try:
+        return _run(cfg, dist, build, finish, resume or elastic_restart(), tracking_uri, parent_run_id)
+    finally:
+        if joined:
+            cleanup_distributed()
+
+
+def _run(cfg: Any, dist: DistInfo, build: Callable, finish: Callable, resume: bool, tracking_uri: str | None,
+         parent_run_id: str | None) -> Path:
     ds, dhash = open_split(cfg.data)
     ctx = StageContext(cfg, ds, dhash, dist, tracking_uri)
     plan = build(ctx)
-    check_out_dir(cfg.out)
-    lock = output_lock(cfg.out, stage_command(cfg)) if dist.is_main else nullcontext()
-    with lock:  # one writer per run folder: a second run on it stops here, before config.yaml
-        ctx.out = prepare_run_dir(cfg, resume, write=dist.is_main)
+    ctx.out = check_out_dir(cfg.out)
+    with ExitStack() as held:
+        def prepare() -> Path:  # one writer per run folder: a second run on it stops here, before config.yaml
+            held.enter_context(output_lock(cfg.out, stage_command(cfg)))
+            return prepare_run_dir(cfg, resume)
+        run_on_main(prepare, "preparing the run folder")
         path = ctx.out / "model.pt"
         with Tracker(tracking_uri, cfg.experiment, plan.run_name, plan.params, plan.tags, parent_run_id,
                      enabled=dist.is_main) as tracker:
             plan.trainer = Trainer(plan.model, plan.train, plan.step, ctx.out / "checkpoints", tracker,
                                    on_epoch_end=plan.on_epoch_end)
             result = plan.trainer.fit(plan.loader, resume=resume)
-            if dist.is_main:
-                path = finish(ctx, plan, result, tracker)
+            path = run_on_main(lambda: finish(ctx, plan, result, tracker), "the stage's evaluation") or path
     return path
 
 

@@ -106,7 +106,8 @@ def exams_per_batch(exam_ids: np.ndarray, batch: int, cap: int = 16) -> int:
 
 def pretrain_loader(ds, plan: Plan, backend: str = "device", rank: int = 0, world: int = 1):
     data = UltrasoundDataset(ds, None, views=("weak", "weak"), aug=AugmentConfig(size=plan.size, backend=backend))
-    sampler = ExamBatchSampler(data.exam_ids, exams_per_batch(data.exam_ids, plan.batch), 16, seed=0,
+    # exams_per_batch is the global batch: `world` times one GPU's, so each rank keeps plan.batch images
+    sampler = ExamBatchSampler(data.exam_ids, exams_per_batch(data.exam_ids, plan.batch) * world, 16, seed=0,
                                rank=rank, world_size=world)
     return make_loader(data, sampler, plan.workers, pin_memory=True)
 

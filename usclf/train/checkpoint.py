@@ -5,6 +5,7 @@ RNG states are tensors or lists of ints, never numpy arrays or arbitrary objects
 """
 from __future__ import annotations
 
+import inspect
 import random
 from pathlib import Path
 from typing import Any
@@ -71,3 +72,24 @@ def load_model_state(model: nn.Module, sd: dict[str, torch.Tensor], source: str 
     sd = strip_prefix(sd, "module.")
     check_compatible(model, sd, source)
     model.load_state_dict(sd)
+
+
+def sampler_with(loader: Any, method: str, where: tuple[str, ...] = ("batch_sampler", "sampler")) -> Any:
+    """The loader's batch sampler (or sampler) that has `method`, else None."""
+    for name in where:
+        s = getattr(loader, name, None)
+        if s is not None and callable(getattr(s, method, None)):
+            return s
+    return None
+
+
+def sampler_state(sampler: Any, consumed: int) -> Any:
+    """The sampler's resume state. A DataLoader with workers prefetches ahead of the loop, so a sampler
+    whose `state_dict` takes `consumed` is told how many batches the loop has actually used."""
+    if sampler is None:
+        return None
+    try:
+        takes = "consumed" in inspect.signature(sampler.state_dict).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return sampler.state_dict(consumed=consumed) if takes else sampler.state_dict()

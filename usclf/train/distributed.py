@@ -49,7 +49,9 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
     """Join the torchrun job described by RANK / WORLD_SIZE / LOCAL_RANK (no-op for a single process).
 
     Backend: `nccl` when CUDA is available, else `gloo`. On GPU the process is pinned to cuda:LOCAL_RANK.
-    `timeout_s`: how long a collective waits for the slowest rank (torch's default when None).
+    `timeout_s`: how long a collective waits for the slowest rank; when None, USCLF_DIST_TIMEOUT_MIN minutes
+    (default 120; torch's are 10 for nccl, 30 for gloo): in training the other ranks wait in a collective
+    while rank 0 validates and writes the model file and its report.
     """
     world = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
@@ -69,8 +71,16 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
         if local >= torch.cuda.device_count():
             raise UsclfError(f"LOCAL_RANK={local} but only {torch.cuda.device_count()} GPUs are visible")
         torch.cuda.set_device(local)
-    extra = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
-    dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **extra)
+    timeout = (timedelta(minutes=_env_int("USCLF_DIST_TIMEOUT_MIN", 120)) if timeout_s is None
+               else timedelta(seconds=timeout_s))
+    attempt = _env_int("TORCHELASTIC_RESTART_COUNT", 0)
+    if attempt == 0:
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, timeout=timeout)
+    else:  # torchrun keeps its store across restarts: the dead attempt's rank addresses are still in it
+        store, _, _ = next(dist.rendezvous("env://", rank, world, timeout=timeout))
+        store.set_timeout(timeout)
+        dist.init_process_group(backend=backend, store=dist.PrefixStore(f"usclf/attempt_{attempt}", store),
+                                rank=rank, world_size=world, timeout=timeout)
     return DistInfo(rank, world, local, backend)
 
 
@@ -187,3 +197,59 @@ def any_across_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's picklable `obj`, in rank order ([obj] without DDP)."""
+    info = get_dist_info()
+    if not info.distributed:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without DDP)."""
+    if get_dist_info().distributed:
+        dist.barrier()
+
+
+def mean_weights(counts: list[int], device: torch.device | str = "cpu") -> list[float]:
+    """Per count n_r of this rank's rows: n_r * world_size / (sum of n over ranks), 1.0 without DDP.
+
+    A rank's mean loss over its n_r rows times this weight, averaged over ranks by DDP, is the mean over
+    all ranks' rows: the gradient of one process on the global batch, whatever each rank's share of it."""
+    info = get_dist_info()
+    if not info.distributed:
+        return [1.0] * len(counts)
+    t = torch.tensor([float(c) for c in counts], dtype=torch.float64, device=device)
+    total = t.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return [float(n) * info.world_size / float(s) if s > 0 else 0.0 for n, s in zip(t.tolist(), total.tolist())]
+
+
+def run_on_main(fn, what: str):
+    """`fn()` on rank 0 only (writing files, MLflow); the other ranks wait for it. Rank 0's result is
+    returned on rank 0 (None elsewhere); if it raises, every rank raises (the others: a UsclfError naming
+    `what` and the message), so no rank waits on a rank that died."""
+    info = get_dist_info()
+    if not info.distributed:
+        return fn()
+    result, failure = None, None
+    if info.is_main:
+        try:
+            result = fn()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the other ranks are told
+            failure = e
+    message = broadcast_object(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise UsclfError(f"{what} failed on rank 0 ({message})")
+    return result
+
+
+def elastic_restart() -> bool:
+    """True in a job that torchrun restarted after a failure (`--max-restarts`): resume, don't start over."""
+    return _env_int("TORCHELASTIC_RESTART_COUNT", 0) > 0

@@ -12,7 +12,6 @@ batches already consumed. `set_epoch(e)` is called on the batch sampler (or samp
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -27,10 +26,11 @@ from tqdm.auto import tqdm
 from ..errors import UsclfError
 from ..validate import positive, within
 from .checkpoint import (FORMAT, capture_rng, cpu_state_dict, load_checkpoint, load_model_state,
-                         restore_rng, save_checkpoint)
-from .distributed import (all_reduce_mean, any_across_ranks, broadcast_object, get_dist_info, resolve_device,
-                          seed_everything)
+                         restore_rng, sampler_state, sampler_with, save_checkpoint)
+from .distributed import (all_gather_object, all_reduce_mean, any_across_ranks, broadcast_object, get_dist_info,
+                          resolve_device, seed_everything)
 from .optim import EMA, OptimConfig, build_optimizer, lr_at, to_device  # noqa: F401 (re-exported)
+from .sync_bn import convert_sync_batchnorm
 
 log = logging.getLogger("usclf.train")
 # a checkpoint that did not fit: the one before it is intact and `--resume` continues from there
@@ -59,6 +59,7 @@ class TrainConfig:
     mode: str = "max"             # the hook's "metric" is better when larger (val weighted F1)
     restore_best: bool = True     # paper Sec. 3.2: supervised/semi-sup keep the best-val weights
     deterministic: bool = True    # reproducible resume; torch.use_deterministic_algorithms(warn_only)
+    sync_bn: bool = False         # DDP only: BatchNorm statistics over the global batch (train/sync_bn.py)
 
     def __post_init__(self):
         if self.max_steps is None and self.epochs < 1:
@@ -99,26 +100,6 @@ class TrainResult:
     history: list[dict[str, float]]
 
 
-def _sampler_with(loader: Any, method: str, where: tuple[str, ...] = ("batch_sampler", "sampler")) -> Any:
-    for name in where:
-        s = getattr(loader, name, None)
-        if s is not None and callable(getattr(s, method, None)):
-            return s
-    return None
-
-
-def _sampler_state(sampler: Any, consumed: int) -> Any:
-    """The sampler's resume state. A DataLoader with workers prefetches ahead of the loop, so a sampler
-    whose `state_dict` takes `consumed` is told how many batches the loop has actually used."""
-    if sampler is None:
-        return None
-    try:
-        takes = "consumed" in inspect.signature(sampler.state_dict).parameters
-    except (TypeError, ValueError):
-        takes = False
-    return sampler.state_dict(consumed=consumed) if takes else sampler.state_dict()
-
-
 def _float(v: Any) -> float:
     return float(v.detach().float().item()) if isinstance(v, torch.Tensor) else float(v)
 
@@ -156,6 +137,8 @@ class Trainer:
         elif cuda:
             torch.backends.cudnn.benchmark = True
         self.model.to(self.device)
+        if self.dist.distributed and cfg.sync_bn:
+            self.model = convert_sync_batchnorm(self.model, self.device)
         self.channels_last = bool(cfg.channels_last and cuda)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -191,9 +174,16 @@ class Trainer:
             "method": self.step_fn.state_dict() if callable(getattr(self.step_fn, "state_dict", None)) else None,
         }
 
-    def _save_last(self, *args) -> None:
+    def _save_last(self, epoch: int, batches_done: int, epoch_rng: dict, sums: dict, count: int,
+                   sampler_state: Any) -> None:
+        # under DDP every rank's RNG and epoch sums go in too, so each rank resumes its own (a collective)
+        ranks = all_gather_object({"rng": capture_rng(), "epoch_rng": epoch_rng, "epoch_sums": dict(sums),
+                                   "epoch_count": count}) if self.dist.distributed else None
         if self.dist.is_main:
-            save_checkpoint(self.last_path, self._state(*args), hint=_RESUME_HINT)
+            state = self._state(epoch, batches_done, epoch_rng, sums, count, sampler_state)
+            if ranks is not None:
+                state["ranks"] = ranks
+            save_checkpoint(self.last_path, state, hint=_RESUME_HINT)
 
     def _resume(self) -> dict | None:
         if not self.last_path.is_file():
@@ -223,6 +213,12 @@ class Trainer:
                 raise UsclfError(f"{self.last_path} holds no state for this run's training method")
         if self.best_epoch is not None and self.best_path.is_file():
             self.best_state = load_checkpoint(self.best_path)["model"]
+        ranks = ck.get("ranks") if self.dist.distributed else None
+        if ranks is not None and len(ranks) == self.dist.world_size:
+            ck = {**ck, **ranks[self.dist.rank]}  # this rank's own RNG and epoch sums
+        elif ranks is not None:
+            log.warning("%s was written by %d processes, this run has %d: every rank resumes rank 0's RNG",
+                        self.last_path, len(ranks), self.dist.world_size)
         return ck
 
     # ---------------------------------------------------------------- one step
@@ -315,8 +311,8 @@ class Trainer:
         if ck is None and self.dist.is_main and self.best_path.is_file():
             self.best_path.unlink()  # a stale best.pt from an earlier run in this folder
         epoch = int(ck["epoch"]) if ck else 0
-        state_sampler = _sampler_with(loader, "load_state_dict", ("batch_sampler",))  # counts batches
-        epoch_sampler = _sampler_with(loader, "set_epoch")
+        state_sampler = sampler_with(loader, "load_state_dict", ("batch_sampler",))  # counts batches
+        epoch_sampler = sampler_with(loader, "set_epoch")
         if callable(getattr(loader, "set_device", None)):  # augment.backend=device: views made on our device
             loader.set_device(self.device)
         n_batches = len(loader) if hasattr(loader, "__len__") else None
@@ -362,12 +358,14 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['loss']:.4g}")
-                if self.tracker is not None and self.dist.is_main and self.step % cfg.log_every == 0:
-                    self.tracker.log_metrics({f"step/{k}": v for k, v in values.items()}, step=self.step)
+                if self.tracker is not None and self.step % cfg.log_every == 0:
+                    logged = all_reduce_mean(values, self.device)  # the mean over ranks (a collective)
+                    if self.dist.is_main:
+                        self.tracker.log_metrics({f"step/{k}": v for k, v in logged.items()}, step=self.step)
                 if cfg.max_steps is not None and self.step >= cfg.max_steps:
                     break
                 if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and (total is None or b < total):
-                    state = _sampler_state(state_sampler, b)
+                    state = sampler_state(state_sampler, b)
                     self._save_last(epoch, b, epoch_rng, sums, count, state)
             bar.close()
             if b == 0:
