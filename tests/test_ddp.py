@@ -176,3 +176,49 @@ def test_method_state_is_updated_from_every_ranks_rows(tmp_path):
                     assert torch.allclose(got[name][k], v, atol=1e-6), (r, name, k)
                 else:
                     assert torch.equal(torch.as_tensor(got[name][k]), torch.as_tensor(v)), (r, name, k)
+
+
+# ---------------------------------------------------------------- semisup loss weights under DDP
+Y_SHARE = torch.tensor([[1, 0], [0, 0], [1, 0], [0, 1], [0, 1], [1, 1], [0, 1]], dtype=torch.float32)
+SHARE_ROWS = {0: slice(0, 2), 1: slice(2, 7)}  # 2 and 5 labelled rows; rank 0: 1 of 2 outside the vocabulary
+
+
+def _share_losses(rank: int | None) -> list[float]:
+    """[supervised, unlabelled] as DDP averages them: each rank's `rank_share`-weighted loss (the plain loss
+    for one process); label sets [0, 0] and [1, 1] are seen once, so min_count 2 leaves them out of the CE."""
+    from usclf.methods import method_class
+    from usclf.methods.semisup_base import MethodSetup
+
+    m = method_class("semisup", "fixmatch-twohead")(MethodSetup(classes=["a", "b"], y_labeled=Y_SHARE.numpy(),
+                                                                min_count=2), None)
+    g = torch.Generator().manual_seed(3)
+    combo, ml = torch.randn(7, len(m.vocab), generator=g), torch.randn(7, 2, generator=g)
+    rows = slice(0, 7) if rank is None else SHARE_ROWS[rank]
+    y = Y_SHARE[rows]
+    l_sup, parts = m.labeled_loss((combo[rows], ml[rows]), y)
+    l_u = torch.tensor(0.5 if rank in (None, 0) else 0.25)  # a mean over nu = 3 (rank 0) and 1 (rank 1) rows
+    if rank is None:
+        return [float(l_sup), (0.5 * 3 + 0.25 * 1) / 4]
+    s, u = m.rank_share(l_sup, parts, l_u, y, 3 if rank == 0 else 1)
+    return [float(s), float(u)]
+
+
+def _share_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    init_distributed()
+    try:
+        torch.save(_share_losses(rank), Path(out) / f"share{rank}.pt")
+    finally:
+        cleanup_distributed()
+
+
+def test_rank_weighted_semisup_losses_average_to_the_global_batch_loss(tmp_path):
+    """The label-set CE averages over the rows inside the vocabulary, a count that differs per rank: weighting
+    it by the labelled rows instead (as the BCE) would not give the one-process loss."""
+    mp.start_processes(_share_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    single = _share_losses(None)
+    ranks = [torch.load(tmp_path / f"share{r}.pt") for r in range(2)]
+    for i in range(2):
+        assert (ranks[0][i] + ranks[1][i]) / 2 == pytest.approx(single[i], abs=1e-6)
