@@ -40,6 +40,7 @@ def test_strategy_names_are_checked():
         ev.run(cfg)
 
 
+@pytest.mark.slow
 def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     ev, rep = _load("evidence"), _load("evidence_report")
     out = tmp_path / "ev"

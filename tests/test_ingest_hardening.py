@@ -144,6 +144,7 @@ def dataset(tmp_path_factory) -> Path:
     return simulated_dataset(tmp_path_factory.mktemp("hard"), 12, seed=3, fractions=(0.5, 0.2, 0.15, 0.15))
 
 
+@pytest.mark.slow
 def test_out_that_is_a_file_is_one_line_for_every_command(dataset, tmp_path):
     afile = tmp_path / "afile.txt"
     afile.write_text("not a folder")
@@ -155,6 +156,7 @@ def test_out_that_is_a_file_is_one_line_for_every_command(dataset, tmp_path):
     assert afile.read_text() == "not a folder"
 
 
+@pytest.mark.slow
 def test_bad_config_values_and_files_fail_before_anything_is_written(dataset, tmp_path):
     out = tmp_path / "run"
     for over, msg in (("options.lam=-5", "options.lam must be >= 0"), ("lam=-5", "is now 'options.lam'"),
@@ -168,6 +170,7 @@ def test_bad_config_values_and_files_fail_before_anything_is_written(dataset, tm
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_run_and_a_fresh_run_clears_stale_outputs(dataset, tmp_path, mlflow_uri):
     out = tmp_path / "run"
     base = ["pretrain", "--data", str(dataset), "--out", str(out), "--quiet", *TINY]

@@ -64,6 +64,7 @@ def _one_line(r: subprocess.CompletedProcess, command: str, *parts: str) -> str:
 @pytest.mark.parametrize("command, extra", [("finetune", [*SMALL, "train.epochs=1"]),
                                             ("semisup", [*SMALL, "train.max_steps=2"]),
                                             ("pretrain", TINY)])
+@pytest.mark.slow
 def test_second_training_run_on_a_held_out_writes_nothing(dataset, tmp_path, mlflow_uri, command, extra):
     out = tmp_path / "ftc"
     holder = Holder(out, "finetune")

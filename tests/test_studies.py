@@ -75,6 +75,7 @@ def test_lambda_sensitivity_structure(dataset, tmp_path, mlflow_uri):
     assert len(summary) == 4 and {"mean", "ci95_low", "ci95_high"} <= set(summary.columns)
 
 
+@pytest.mark.slow
 def test_label_fraction_study_structure(dataset, tmp_path, mlflow_uri):
     pre = tmp_path / "lsd"
     assert main(["pretrain", "--config", "configs/pretrain_lsd_demo.yaml", "--data", str(dataset), "--out",

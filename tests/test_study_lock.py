@@ -56,6 +56,7 @@ def test_a_pipeline_study_on_a_held_out_writes_nothing(tmp_path, script, args):
         holder.kill()
 
 
+@pytest.mark.slow
 def test_usclf_study_waits_for_a_running_pipeline_study(tmp_path):
     """A real `python pipelines/cluster_check.py` holds its --out while it works; `usclf study cluster-check` on
     the same folder is refused, naming it; once the first is gone (killed) the folder is free again."""
