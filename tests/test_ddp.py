@@ -151,13 +151,14 @@ def _method_states(rank: int | None) -> dict[str, dict]:
     return states
 
 
-def _method_worker(rank: int, world: int, port: int, out: str) -> None:
+def _save_worker(rank: int, world: int, port: int, out: str, fn, stem: str) -> None:
+    """Rank `rank` of a gloo group: saves fn(rank) to OUT/STEM<rank>.pt."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     init_distributed()
     try:
-        torch.save(_method_states(rank), Path(out) / f"methods{rank}.pt")
+        torch.save(fn(rank), Path(out) / f"{stem}{rank}.pt")
     finally:
         cleanup_distributed()
 
@@ -165,7 +166,8 @@ def _method_worker(rank: int, world: int, port: int, out: str) -> None:
 def test_method_state_is_updated_from_every_ranks_rows(tmp_path):
     """FlexMatch's per-image state (and FreeMatch's / DA's running statistics) on each of 2 ranks, each with
     part of every batch, equal the state of one process on the whole batches."""
-    mp.start_processes(_method_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_save_worker, args=(2, _free_port(), str(tmp_path), _method_states, "methods"), nprocs=2,
+                       start_method="spawn")
     single = _method_states(None)
     assert (single["flexmatch-twohead"]["selected"] >= 0).sum() >= 3  # confident images were recorded
     for r in range(2):
@@ -203,21 +205,11 @@ def _share_losses(rank: int | None) -> list[float]:
     return [float(s), float(u)]
 
 
-def _share_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    init_distributed()
-    try:
-        torch.save(_share_losses(rank), Path(out) / f"share{rank}.pt")
-    finally:
-        cleanup_distributed()
-
-
 def test_rank_weighted_semisup_losses_average_to_the_global_batch_loss(tmp_path):
     """The label-set CE averages over the rows inside the vocabulary, a count that differs per rank: weighting
     it by the labelled rows instead (as the BCE) would not give the one-process loss."""
-    mp.start_processes(_share_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    mp.start_processes(_save_worker, args=(2, _free_port(), str(tmp_path), _share_losses, "share"), nprocs=2,
+                       start_method="spawn")
     single = _share_losses(None)
     ranks = [torch.load(tmp_path / f"share{r}.pt") for r in range(2)]
     for i in range(2):
