@@ -199,16 +199,6 @@ def any_across_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
     return bool(t.item() > 0)
 
 
-def all_gather_object(obj) -> list:
-    """Every rank's picklable `obj`, in rank order ([obj] without DDP)."""
-    info = get_dist_info()
-    if not info.distributed:
-        return [obj]
-    out = [None] * info.world_size
-    dist.all_gather_object(out, obj)
-    return out
-
-
 def barrier() -> None:
     """Wait for every rank (no-op without DDP)."""
     if get_dist_info().distributed:

@@ -27,7 +27,7 @@ from ..errors import UsclfError
 from ..validate import positive, within
 from .checkpoint import (FORMAT, capture_rng, cpu_state_dict, load_checkpoint, load_model_state,
                          restore_rng, sampler_state, sampler_with, save_checkpoint)
-from .distributed import (all_gather_object, all_reduce_mean, any_across_ranks, broadcast_object, get_dist_info,
+from .distributed import (all_reduce_mean, any_across_ranks, broadcast_object, gather_objects, get_dist_info,
                           resolve_device, seed_everything)
 from .optim import EMA, OptimConfig, build_optimizer, lr_at, to_device  # noqa: F401 (re-exported)
 from .sync_bn import convert_sync_batchnorm
@@ -177,7 +177,7 @@ class Trainer:
     def _save_last(self, epoch: int, batches_done: int, epoch_rng: dict, sums: dict, count: int,
                    sampler_state: Any) -> None:
         # under DDP every rank's RNG and epoch sums go in too, so each rank resumes its own (a collective)
-        ranks = all_gather_object({"rng": capture_rng(), "epoch_rng": epoch_rng, "epoch_sums": dict(sums),
+        ranks = gather_objects({"rng": capture_rng(), "epoch_rng": epoch_rng, "epoch_sums": dict(sums),
                                    "epoch_count": count}) if self.dist.distributed else None
         if self.dist.is_main:
             state = self._state(epoch, batches_done, epoch_rng, sums, count, sampler_state)
