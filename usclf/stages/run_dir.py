@@ -65,9 +65,9 @@ def read_moved_keys(old: dict, cls: type, new: dict) -> dict:
     return out
 
 
-def prepare_run_dir(cfg: Any, resume: bool, write: bool = True) -> Path:
+def prepare_run_dir(cfg: Any, resume: bool) -> Path:
     """Check `cfg.out`, refuse a resume that changes the run, clear a previous run's outputs on a fresh
-    start, then (main process: `write`) create the folder and write config.yaml."""
+    start, then create the folder and write config.yaml (under DDP rank 0 alone calls it: stages/runner.py)."""
     out = check_out_dir(cfg.out)
     saved = out / CONFIG
     if resume and saved.is_file() and (out / "checkpoints" / "last.pt").is_file():
@@ -82,8 +82,6 @@ def prepare_run_dir(cfg: Any, resume: bool, write: bool = True) -> Path:
             more = f" (and {len(diff) - 1} more: {', '.join(d[0] for d in diff[1:4])})" if len(diff) > 1 else ""
             raise UsclfError(f"--resume would change the run in {out}: {k} was {a!r}, now {b!r}{more}; "
                              "resume with the run's own settings or train into another --out")
-    if not write:
-        return out
     if not resume:
         for name in STALE:
             p = out / name

@@ -199,12 +199,6 @@ def any_across_ranks(flag: bool, device: torch.device | str = "cpu") -> bool:
     return bool(t.item() > 0)
 
 
-def barrier() -> None:
-    """Wait for every rank (no-op without DDP)."""
-    if get_dist_info().distributed:
-        dist.barrier()
-
-
 def mean_weights(counts: list[int], device: torch.device | str = "cpu") -> list[float]:
     """Per count n_r of this rank's rows: n_r * world_size / (sum of n over ranks), 1.0 without DDP.
 

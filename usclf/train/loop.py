@@ -178,7 +178,7 @@ class Trainer:
                    sampler_state: Any) -> None:
         # under DDP every rank's RNG and epoch sums go in too, so each rank resumes its own (a collective)
         ranks = gather_objects({"rng": capture_rng(), "epoch_rng": epoch_rng, "epoch_sums": dict(sums),
-                                   "epoch_count": count}) if self.dist.distributed else None
+                                "epoch_count": count}) if self.dist.distributed else None
         if self.dist.is_main:
             state = self._state(epoch, batches_done, epoch_rng, sums, count, sampler_state)
             if ranks is not None:
