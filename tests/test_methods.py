@@ -19,7 +19,7 @@ from usclf.data.unlabeled_loader import fixmatch_loader, unlabeled_dataset, unla
 from usclf.errors import UsclfError
 from usclf.losses.dirichlet import lsd_loss
 from usclf.eval.pseudo_diagnostics import PseudoLabelDiagnostics
-from usclf.methods import PRETRAIN, SEMISUP, method_class
+from usclf.methods import FINETUNE, PRETRAIN, SEMISUP, method_class
 from usclf.methods.clustering import collapse_warning, effective_clusters
 from usclf.methods.semisup_base import MethodSetup
 from usclf.models.heads import build_classifier
@@ -41,6 +41,7 @@ def test_registry_names_resolve_and_unknown_is_one_line():
         assert method_class("semisup", name).name == name
     for name in PRETRAIN:
         assert method_class("pretrain", name).name == name
+    assert list(FINETUNE) == ["supervised"] and method_class("finetune", "supervised").name == "supervised"
     with pytest.raises(UsclfError, match="unknown semisup method 'nope'; valid: fixmatch-onehead"):
         method_class("semisup", "nope")
 
@@ -50,7 +51,7 @@ def test_every_method_is_on_the_protocol_and_documents_exactly_its_options():
 
     from usclf.methods import option_help
     from usclf.methods.base import Method
-    for kind, table in (("semisup", SEMISUP), ("pretrain", PRETRAIN)):
+    for kind, table in (("semisup", SEMISUP), ("pretrain", PRETRAIN), ("finetune", FINETUNE)):
         for name in table:
             cls = method_class(kind, name)
             assert issubclass(cls, Method) and callable(getattr(cls, "state_dict"))

@@ -106,7 +106,9 @@ def _trainer_args(p: argparse.ArgumentParser) -> None:
 @command("finetune", "supervised multi-label classifier (BCE) from random / ImageNet / pretrain init: early "
          "stopping on validation F1, per-class thresholds, test report", "usclf.cli.train:run_finetune")
 def _finetune(p):
+    from ..methods import help_text  # import-light catalogue
     _trainer_args(p)
+    p.epilog = "its method (configs/methods.yaml, finetune): " + help_text("finetune")
 
 
 @command("semisup", "semi-supervised multi-label training (FixMatch with one or two heads, FreeMatch, distribution "

@@ -11,24 +11,14 @@ from pathlib import Path
 
 from ..data.dataset import UltrasoundDataset
 from ..data.sampler import RandomBatchSampler, make_loader
-from ..losses.supervised import multilabel_bce
+from ..methods import method_class
 from ..models.heads import build_classifier
-from ..train.distributed import mean_weights, seed_everything
+from ..train.distributed import seed_everything
 from .classifier import (ValidationF1, cfg_labelled_rows, finish_classifier, init_kind, run_params,
                          run_tags, summary)
 from .common import rows_in
 from .runner import StagePlan, run_stage
 from .stage_configs import FinetuneConfig
-
-
-def supervised_step(model, batch, ctx):
-    """BCE with logits over the C+1 classes on the weak view (under DDP weighted by this rank's share of the
-    global batch, so the averaged gradient is that of the mean over the global batch)."""
-    x = batch["views"][0]
-    loss = multilabel_bce(model(x), batch["y"])
-    if ctx is not None and ctx.world_size > 1:
-        loss = loss * mean_weights([x.shape[0]], x.device)[0]
-    return loss, {}
 
 
 def _build(ctx) -> StagePlan:
@@ -47,7 +37,8 @@ def _build(ctx) -> StagePlan:
                                  drop_last=len(rows) >= b)
     n_exams = ds.manifest["exam_id"].iloc[rows].nunique()
     params = {**run_params("finetune", "supervised", cfg, ctx, len(rows)), "n_train_exams": n_exams}
-    return StagePlan(model, make_loader(dataset, sampler, cfg.data.workers, pin_memory=True), supervised_step,
+    return StagePlan(model, make_loader(dataset, sampler, cfg.data.workers, pin_memory=True),
+                     method_class("finetune", "supervised")(),
                      cfg.train, f"finetune-{init_kind(cfg.model.init)}-f{cfg.label_fraction}-seed{cfg.train.seed}",
                      params, run_tags("finetune", "supervised", cfg), on_epoch_end=val,
                      extra={"rows": rows, "n_exams": n_exams})
