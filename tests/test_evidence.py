@@ -50,9 +50,9 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
     res = pd.read_csv(out / "results.csv")
     # supervised at 2 fractions + a supervised and the semisup variant at their one fraction, x 2 split seeds
     assert len(res) == (2 + 1 + 1) * 2 and set(res["split_seed"]) == {0, 1}
-    assert set(res[res["method"].str.startswith("semisup")]["fraction"]) == {0.5}
+    assert set(res[res["method"].str.startswith("semisup")]["label_fraction"]) == {0.5}
     cells = out / "split0" / "train" / "runs"
-    epochs = {m: yaml.safe_load((cells / f"method{m}-fraction0.5-seed0" / "config.yaml").read_text())["train"]["epochs"]
+    epochs = {m: yaml.safe_load((cells / f"method{m}-label_fraction0.5-seed0" / "config.yaml").read_text())["train"]["epochs"]
               for m in ("supervised-dc", "supervised-dc+e1")}
     assert epochs == {"supervised-dc": 2, "supervised-dc+e1": 1}  # the variant's overrides reach the finetune cell
     assert res["val_f1"].between(0, 1).all()  # what candidates are chosen on, read back from each model file
@@ -88,7 +88,7 @@ def test_evidence_smoke_run_and_report(tmp_path, mlflow_uri):
 
 def _assert_one_experiment(uri: str, res: pd.DataFrame) -> None:
     """One experiment: the evidence parent, under it a pretrain and a train study parent per split seed, under
-    those the cells (tagged strategy, init, fraction, seed, split_seed); the top parent's test_f1/<strategy>
+    those the cells (tagged strategy, init, label_fraction, seed, split_seed); the top parent's test_f1/<strategy>
     series (step = label %) is the mean over seeds x split seeds."""
     from mlflow.tracking import MlflowClient
 
@@ -104,14 +104,14 @@ def _assert_one_experiment(uri: str, res: pd.DataFrame) -> None:
     cells = [r for i, r in runs.items() if parent_of[i] in studies.values()]
     assert len(cells) == 2 + len(res)  # one LSD pretrain per split seed + the training cells
     train = [r for r in cells if r.data.tags["stage"] != "pretrain"]
-    got = {(r.data.tags["strategy"], r.data.tags["init"], float(r.data.tags["fraction"]), r.data.tags["split_seed"],
-            r.data.metrics["fraction"]) for r in train}
-    assert got == {(m, "lsd", f, str(s), f) for m, f, s in res[["method", "fraction", "split_seed"]].itertuples(index=False)}
+    got = {(r.data.tags["strategy"], r.data.tags["init"], float(r.data.tags["label_fraction"]), r.data.tags["split_seed"],
+            r.data.metrics["label_fraction"]) for r in train}
+    assert got == {(m, "lsd", f, str(s), f) for m, f, s in res[["method", "label_fraction", "split_seed"]].itertuples(index=False)}
     for i, r in runs.items():  # a cell's split seed is its study's
         if parent_of[i] in studies.values():
             assert runs[parent_of[i]].data.tags["study"].endswith(f"split{r.data.tags['split_seed']}")
     hist = client.get_metric_history(top[0], "test_f1/supervised-dc")
-    want = res[res["method"] == "supervised-dc"].groupby("fraction")["f1"].mean()
+    want = res[res["method"] == "supervised-dc"].groupby("label_fraction")["f1"].mean()
     assert sorted((m.step, round(m.value, 6)) for m in hist) == [(50, round(want[0.5], 6)), (100, round(want[1.0], 6))]
     assert [m.step for m in client.get_metric_history(top[0], "test_f1/semisup-dc:fixmatch-twohead_t90")] == [50]
     assert {"results.csv", "label_fractions.png"} <= {a.path for a in client.list_artifacts(top[0])}
@@ -133,7 +133,7 @@ def test_a_variant_is_paired_with_its_supervised_twin_when_that_was_run():
 
     f1 = {"supervised-dc": (0.70, 0.70), "supervised-dc+sgd": (0.60, 0.62), "semisup-dc:m+sgd": (0.65, 0.66),
           "semisup-dc:m": (0.72, 0.71), "semisup-dc:m+ema": (0.75, 0.74)}
-    res = pd.DataFrame([{"method": m, "split_seed": 0, "fraction": 0.1, "seed": s, "f1": v[s]}
+    res = pd.DataFrame([{"method": m, "split_seed": 0, "label_fraction": 0.1, "seed": s, "f1": v[s]}
                         for m, v in f1.items() for s in (0, 1)])
     rows = {line.split(" | ")[0].lstrip("| "): line for line in paired_table(res).splitlines()[2:]}
     assert "| supervised-dc+sgd | 10 % | 4.500" in rows["semisup-dc:m+sgd"]  # +5 and +4 points vs its twin
@@ -146,7 +146,7 @@ def test_each_plain_arm_is_paired_with_its_variant_controls():
 
     f1 = {"semisup-dc:m": (0.72, 0.71), "semisup-dc:m+nounl": (0.70, 0.72), "supervised-dc+fm": (0.6, 0.6),
           "semisup-dc:q+x": (0.5, 0.5)}   # no plain supervised-dc / semisup-dc:q arm: nothing to pair
-    res = pd.DataFrame([{"method": m, "split_seed": 0, "fraction": 0.2, "seed": s, "f1": v[s]}
+    res = pd.DataFrame([{"method": m, "split_seed": 0, "label_fraction": 0.2, "seed": s, "f1": v[s]}
                         for m, v in f1.items() for s in (0, 1)])
     rows = variant_table(res).splitlines()[2:]
     assert len(rows) == 1

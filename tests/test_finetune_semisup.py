@@ -81,7 +81,7 @@ def test_finetune_cli_end_to_end(dataset, mlflow_uri, tmp_path):
 
     client, run = run_of(mlflow_uri, "usclf-finetune", "finetune")
     p = run.data.params
-    assert (p["method"], p["init"], p["fraction"], p["seed"]) == ("supervised", "random", "0.5", "3")
+    assert (p["method"], p["init"], p["label_fraction"], p["seed"]) == ("supervised", "random", "0.5", "3")
     assert "model/model.pt" in [f.path for f in client.list_artifacts(run.info.run_id, "model")]
     val_history = [m.value for m in client.get_metric_history(run.info.run_id, "val/weighted_f1")]
     assert len(val_history) == 3
@@ -118,7 +118,7 @@ def test_semisup_two_head_cli_from_a_pretrain_model(dataset, mlflow_uri, tmp_pat
 
     client, run = run_of(mlflow_uri, "usclf-semisup", "semisup")
     p = run.data.params
-    assert (p["method"], p["head"], p["init_kind"], p["fraction"], p["seed"]) == \
+    assert (p["method"], p["head"], p["init_kind"], p["label_fraction"], p["seed"]) == \
         ("fixmatch-twohead", "twohead", "lsd", "0.5", "3")  # init kind read from the init model file
     assert p["init"] == str(tmp_path / "pre.pt")
     mask = client.get_metric_history(run.info.run_id, "step/mask_rate")

@@ -86,11 +86,11 @@ def fraction_table() -> pd.DataFrame:
     rows = [("A", 0.1, s, v) for s, v in enumerate([0.7, 0.8, 0.9])]
     rows += [("A", 0.5, 0, 0.85)]
     rows += [("B", f, s, 0.5 + f / 2 + 0.01 * s) for f in (0.1, 0.5) for s in range(4)]
-    return pd.DataFrame(rows, columns=["method", "fraction", "seed", "f1"])
+    return pd.DataFrame(rows, columns=["method", "label_fraction", "seed", "f1"])
 
 
 def test_label_fraction_summary_ci_matches_t_distribution():
-    summ = plots.label_fraction_summary(fraction_table()).set_index(["method", "fraction"])
+    summ = plots.label_fraction_summary(fraction_table()).set_index(["method", "label_fraction"])
     a = summ.loc[("A", 0.1)]
     half = stats.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)  # sd of (0.7, 0.8, 0.9) is 0.1
     assert half == pytest.approx(0.248414, abs=1e-6)

@@ -38,7 +38,7 @@ def _runs(uri: str, experiment: str):
 def assert_curve_structure(client, parent, children, strategies: dict, fractions: list, df: pd.DataFrame,
                            split_seeds=("0",)) -> None:
     """What the MLflow UI needs for label-fraction curves: every child nested under `parent` in its experiment,
-    tagged strategy / init / fraction / seed / split_seed with a numeric metric `fraction`; the parent's metric
+    tagged strategy / init / label_fraction / seed / split_seed with a numeric metric `label_fraction`; the parent's metric
     test_f1/<strategy> is the mean test F1 per label percentage (its step), and the table and figure are there."""
     assert {c.info.experiment_id for c in children} == {parent.info.experiment_id}
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
@@ -46,12 +46,12 @@ def assert_curve_structure(client, parent, children, strategies: dict, fractions
     for c in children:
         t = c.data.tags
         assert t["init"] == strategies[t["strategy"]] and t["split_seed"] in split_seeds and t["seed"] == "0"
-        assert c.data.metrics["fraction"] == pytest.approx(float(t["fraction"]))
-        seen.add((t["strategy"], float(t["fraction"])))
+        assert c.data.metrics["label_fraction"] == pytest.approx(float(t["label_fraction"]))
+        seen.add((t["strategy"], float(t["label_fraction"])))
     assert seen == {(s, f) for s in strategies for f in fractions}
     for s in strategies:
         hist = client.get_metric_history(parent.info.run_id, f"test_f1/{s}")
-        want = df[df["method"] == s].groupby("fraction")["f1"].mean()
+        want = df[df["method"] == s].groupby("label_fraction")["f1"].mean()
         assert sorted((m.step, round(m.value, 6)) for m in hist) == \
             sorted((round(f * 100), round(v, 6)) for f, v in want.items())
 
@@ -91,7 +91,7 @@ def test_label_fraction_study_structure(dataset, tmp_path, mlflow_uri):
     assert len(df) == 6
     client, parents, children = _runs(mlflow_uri, "label_fraction_study")
     assert len(parents) == 1 and len(children) == 6
-    got = {(c.data.params["method"], c.data.params["init_kind"], float(c.data.params["fraction"]),
+    got = {(c.data.params["method"], c.data.params["init_kind"], float(c.data.params["label_fraction"]),
             c.data.params["seed"]) for c in children}
     expected = {(m, i, f, "0") for m, i in [("supervised", "random"), ("supervised", "lsd"),
                                              ("fixmatch-twohead", "lsd")] for f in (0.5, 1.0)}
@@ -104,3 +104,23 @@ def test_label_fraction_study_structure(dataset, tmp_path, mlflow_uri):
     mod.run(cfg, mlflow_uri, progress=False)
     _, parents2, children2 = _runs(mlflow_uri, "label_fraction_study")
     assert len(children2) == 6 and len(parents2) == 2
+
+
+def test_a_study_written_with_the_old_fraction_spelling_resumes(tmp_path):
+    """Results and cell folders from before the label fraction was spelled `label_fraction` everywhere: the
+    finished cell is skipped, the unfinished one continues in its old folder, the table uses the new name."""
+    from usclf.studies.harness import run_study
+    out = tmp_path / "study"
+    (out / "runs" / "methodsup-fraction0.2-seed0").mkdir(parents=True)
+    (out / "results.csv").write_text("method,fraction,seed,f1\nsup,0.1,0,0.5\n")
+    calls = []
+
+    def run_cell(cell, cell_out, parent):
+        calls.append(cell_out.name)
+        return {"f1": 0.7}
+    cells = [{"method": "sup", "label_fraction": f, "seed": 0} for f in (0.1, 0.2, 0.5)]
+    df = run_study("legacy", out, cells, run_cell, ["method", "label_fraction"], None, {},
+                   tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", progress=False)
+    assert calls == ["methodsup-fraction0.2-seed0", "methodsup-label_fraction0.5-seed0"]
+    assert list(pd.read_csv(out / "results.csv").columns[:3]) == ["method", "label_fraction", "seed"]
+    assert df.sort_values("label_fraction")["f1"].tolist() == [0.5, 0.7, 0.7]

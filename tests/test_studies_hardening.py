@@ -88,7 +88,7 @@ def test_demo_recreates_only_its_own_folder(tmp_path):
 @pytest.mark.parametrize("name,bad,part", [
     ("cluster-check", ["--exams", "0"], "--exams"), ("cluster-check", ["--size", "8"], "--size"),
     ("cluster-check", ["--epochs", "0"], "--epochs"), ("cluster-check", ["--lr", "0"], "--lr"),
-    ("semisup-check", ["--exams", "0"], "--exams"), ("semisup-check", ["--fraction", "1.5"], "--fraction"),
+    ("semisup-check", ["--exams", "0"], "--exams"), ("semisup-check", ["--label-fraction", "1.5"], "--label-fraction"),
     ("semisup-check", ["--seeds", "-1"], "--seeds"), ("semisup-check", ["--lsd", "missing.pt"], "--lsd"),
     ("demo", ["--exams", "0"], "--exams must be >= 20")])                 # demo into a new --out
 def test_check_studies_bad_values_are_one_line_and_create_nothing(study, tmp_path, name, bad, part):

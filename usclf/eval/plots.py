@@ -75,19 +75,19 @@ def _ordered_methods(methods) -> list[str]:
 def label_fraction_summary(df: pd.DataFrame) -> pd.DataFrame:
     """Per (method, fraction): n seeds, mean F1, 95 % CI (t-distribution, via `seeds_summary`) - the
     numbers Fig. 6 plots. The CI is NaN where a point has a single seed."""
-    _need_columns(df, ["method", "fraction", "seed", "f1"], "label-fraction table")
+    _need_columns(df, ["method", "label_fraction", "seed", "f1"], "label-fraction table")
     f1 = _finite_scores(df, "f1", "label-fraction table")
-    frac = _finite_scores(df, "fraction", "label-fraction table")
-    d = pd.DataFrame({"method": df["method"].astype(str), "fraction": frac, "seed": df["seed"], "f1": f1})
-    dup = d.duplicated(["method", "fraction", "seed"])
+    frac = _finite_scores(df, "label_fraction", "label-fraction table")
+    d = pd.DataFrame({"method": df["method"].astype(str), "label_fraction": frac, "seed": df["seed"], "f1": f1})
+    dup = d.duplicated(["method", "label_fraction", "seed"])
     if dup.any():
         r = d[dup].iloc[0]
-        raise UsclfError(f"label-fraction table: duplicate row for method={r.method} fraction={r.fraction} "
+        raise UsclfError(f"label-fraction table: duplicate row for method={r.method} label_fraction={r.label_fraction} "
                          f"seed={r.seed}")
     rows = []
-    for (method, fraction), g in d.groupby(["method", "fraction"], sort=True):
+    for (method, fraction), g in d.groupby(["method", "label_fraction"], sort=True):
         st = seeds_summary(g["f1"].tolist())
-        rows.append({"method": method, "fraction": fraction, "n": st["n"], "mean": st["mean"],
+        rows.append({"method": method, "label_fraction": fraction, "n": st["n"], "mean": st["mean"],
                      "ci_low": st["ci95_low"], "ci_high": st["ci95_high"]})
     return pd.DataFrame(rows)
 
@@ -188,13 +188,13 @@ def plot_embedding(features: np.ndarray, clusters: np.ndarray, label_names: list
 def plot_label_fraction_curves(df: pd.DataFrame, out_png: str | Path, title: str = "") -> Path:
     """Paper Fig. 6: mean weighted F1 vs label fraction per method, with t-distribution CI bands."""
     summ = label_fraction_summary(df)
-    as_percent = summ["fraction"].max() <= 1.0
+    as_percent = summ["label_fraction"].max() <= 1.0
     fig = Figure(figsize=(7.5, 5))
     ax = fig.subplots()
     methods = _ordered_methods(summ["method"])
     for method, col in zip(methods, _palette(len(methods))):
-        s = summ[summ["method"] == method].sort_values("fraction")
-        x = s["fraction"].to_numpy() * (100.0 if as_percent else 1.0)
+        s = summ[summ["method"] == method].sort_values("label_fraction")
+        x = s["label_fraction"].to_numpy() * (100.0 if as_percent else 1.0)
         mean, lo, hi = s["mean"].to_numpy(), s["ci_low"].to_numpy(), s["ci_high"].to_numpy()
         has_ci = np.isfinite(lo)
         yerr = np.vstack([np.where(has_ci, mean - lo, 0.0), np.where(has_ci, hi - mean, 0.0)])
@@ -203,7 +203,7 @@ def plot_label_fraction_curves(df: pd.DataFrame, out_png: str | Path, title: str
                     label=f"{method} (n={n_seeds})")
         if has_ci.sum() >= 2:
             ax.fill_between(x[has_ci], lo[has_ci], hi[has_ci], color=col, alpha=0.15, linewidth=0)
-    xs = np.sort(summ["fraction"].unique()) * (100.0 if as_percent else 1.0)
+    xs = np.sort(summ["label_fraction"].unique()) * (100.0 if as_percent else 1.0)
     if xs.min() > 0 and xs.max() / xs.min() >= 5:
         ax.set_xscale("log")
     ax.set_xticks(xs)

@@ -98,14 +98,14 @@ def cfg_labelled_rows(cfg: ClassifierStageConfig, ds) -> np.ndarray:
 def run_params(stage: str, method: str, cfg: ClassifierStageConfig, ctx: StageContext, n_train: int) -> dict:
     """The MLflow params both classifier stages log (each adds its own)."""
     return {"stage": stage, "method": method, "init": cfg.model.init, "init_kind": init_kind(cfg.model.init),
-            "fraction": cfg.label_fraction, "seed": cfg.train.seed, "fraction_seed": fraction_seed(cfg),
+            "label_fraction": cfg.label_fraction, "seed": cfg.train.seed, "fraction_seed": fraction_seed(cfg),
             "labeled_ids": cfg.labeled_ids or "", "data_hash": ctx.dhash, "n_train_images": n_train,
             "config": to_dict(cfg)}
 
 
 def run_tags(stage: str, method: str, cfg: ClassifierStageConfig) -> dict:
     """What a study's runs are told apart by in the MLflow UI (init: random / imagenet / lsd / pica ...)."""
-    return {"stage": stage, "method": method, "init": init_kind(cfg.model.init), "fraction": cfg.label_fraction,
+    return {"stage": stage, "method": method, "init": init_kind(cfg.model.init), "label_fraction": cfg.label_fraction,
             "seed": cfg.train.seed, "split_seed": cfg.data.split_seed}
 
 
@@ -151,7 +151,7 @@ def finish_classifier(model: torch.nn.Module, cfg: ClassifierStageConfig, ctx: S
     if result.best_metric is not None:
         tracker.log_metrics({"val/best_weighted_f1": result.best_metric})
     if not cfg.labeled_ids:  # numeric, so the UI can sort, filter and plot by it (params are strings)
-        tracker.log_metrics({"fraction": cfg.label_fraction})
+        tracker.log_metrics({"label_fraction": cfg.label_fraction})
     tracker.log_artifact(out / "config.yaml")
     tracker.log_artifact(path, "model")
     return path, ev

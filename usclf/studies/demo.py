@@ -5,7 +5,7 @@ simulate -> ingest (+ patient-disjoint split) -> pretrain LSD -> evaluate cluste
 -> predict on a held-out folder of new exams -> Table-2-like report of the best model (chosen on validation).
 Everything lands in --out; every run is tracked in the embedded MLflow DB (sqlite) inside --out, as one
 experiment `demo`: a parent run (the label-fraction curves: metric test_f1/<strategy>, step = label %) with
-every stage run nested under it (tags strategy, init, fraction, seed, split_seed).
+every stage run nested under it (tags strategy, init, label_fraction, seed, split_seed).
 Results on simulated data are a smoke test of the machinery, never clinical results.
 """
 from __future__ import annotations
@@ -128,10 +128,10 @@ def story(args, out: Path, uri: str, data: Path, common: list[str], parent: Trac
                               [*stage_overrides(cfg_name, common, args), f"out={run_out}", f"label_fraction={frac}",
                                f"model.init={lsd}"])
             model = stage(cfg, tracking_uri=uri, parent_run_id=parent.run_id)
-            children.tag_new({"strategy": name, "fraction": frac, "seed": 0})
+            children.tag_new({"strategy": name, "label_fraction": frac, "seed": 0})
             _, info = load_model_file(model)
             m = read_metrics(run_out)
-            rows.append({"method": name, "init": "LSD", "fraction": frac, "seed": 0,
+            rows.append({"method": name, "init": "LSD", "label_fraction": frac, "seed": 0,
                          "val_f1": info.provenance.get("best_val_f1"), "f1": m["test/weighted_f1"], "model": str(model)})
     runs = pd.DataFrame(rows)
     runs.to_csv(out / "runs.csv", index=False)
@@ -148,11 +148,11 @@ def story(args, out: Path, uri: str, data: Path, common: list[str], parent: Trac
     print(f"{pred.n_predicted} frames predicted, {pred.n_skipped} files skipped with a reason -> {pred.out}")
     print(inv[["exam_id", "n_frames", "organs"]].fillna("-").to_string(index=False))
 
-    banner(6, f"report: {best['method']} from LSD at {best['fraction']:g} labels (best on validation)")
+    banner(6, f"report: {best['method']} from LSD at {best['label_fraction']:g} labels (best on validation)")
     report = pd.read_csv(Path(best["model"]).parent / "eval" / "report.csv", index_col="class")
     print(format_report(report, "test set, thresholds chosen per class on validation (cf. paper Table 2)"))
     print("\nall runs (test weighted F1; model selection used validation only):")
-    print(runs[["method", "init", "fraction", "val_f1", "f1"]].to_string(index=False, float_format="%.3f"))
+    print(runs[["method", "init", "label_fraction", "val_f1", "f1"]].to_string(index=False, float_format="%.3f"))
     print(f"\ndone in {(time.time() - t0) / 60:.1f} min. Simulated data: a smoke test, not clinical results.")
     print(f"cluster t-SNE:   {ev['out'] / 'figures' / 'tsne.png'}")
     print(f"cluster gallery: {ev['out'] / 'gallery' / 'gallery.html'}")

@@ -32,7 +32,7 @@ from usclf.eval.pseudo_diagnostics import window_summary
 from usclf.stages.finetune import FinetuneConfig, finetune
 from usclf.stages.pretrain import PretrainConfig, pretrain
 from usclf.stages.semisup import SemisupConfig, semisup
-from usclf.studies.harness import log_fraction_curves, read_metrics, run_study, study_main
+from usclf.studies.harness import log_fraction_curves, read_metrics, read_results, run_study, study_main
 from usclf.studies.machine import machine_fingerprint
 from usclf.tracking import Tracker
 
@@ -127,14 +127,14 @@ def _pretrain_cells(cfg: EvidenceConfig, data: Path, split_seed: int, out: Path,
 
 def _train_cells(cfg: EvidenceConfig, data: Path, split_seed: int, dc_model: Path, out: Path,
                  uri: str | None, top: str | None = None) -> pd.DataFrame:
-    cells = [{"method": s, "fraction": f, "seed": seed} for s in cfg.strategies
+    cells = [{"method": s, "label_fraction": f, "seed": seed} for s in cfg.strategies
              for f in cfg.strategy_fractions.get(s, cfg.fractions) for seed in cfg.seeds]
 
     def run_cell(cell, cell_out, parent):
         stage, init, method = parse_strategy(cell["method"])
         extra = split_variant(cell["method"], cfg.variants)[1]
         over = [f"data.path={data}", f"data.split_seed={split_seed}", f"out={cell_out}",
-                f"label_fraction={cell['fraction']}", f"train.seed={cell['seed']}",
+                f"label_fraction={cell['label_fraction']}", f"train.seed={cell['seed']}",
                 f"model.init={dc_model if init == 'dc' else 'random'}", "figures=false",
                 f"experiment={cfg.experiment}", "train.progress=false"]
         t0 = time.time()
@@ -149,7 +149,7 @@ def _train_cells(cfg: EvidenceConfig, data: Path, split_seed: int, dc_model: Pat
         return {"f1": m["test/weighted_f1"], "val_f1": best_val_f1(cell_out), "seconds": round(time.time() - t0, 1),
                 **_diag(cell_out)}
 
-    return run_study(f"{cfg.experiment}-split{split_seed}", out, cells, run_cell, ["method", "fraction"],
+    return run_study(f"{cfg.experiment}-split{split_seed}", out, cells, run_cell, ["method", "label_fraction"],
                      lambda d, png: plot_label_fraction_curves(d, png, f"split seed {split_seed}"),
                      {"split_seed": split_seed, **to_dict(cfg)}, uri, progress=True, experiment=cfg.experiment,
                      parent_run_id=top, child_tags={"split_seed": split_seed})
@@ -229,7 +229,7 @@ def write_tables(out: Path, res: pd.DataFrame, pre: pd.DataFrame) -> pd.DataFram
 def collect(out: Path) -> pd.DataFrame:
     """The tables of the cells finished so far under OUT/split*/ (a run still going, or cut short)."""
     def gather(kind: str) -> pd.DataFrame:
-        parts = [pd.read_csv(f).assign(split_seed=int(f.parts[-3].removeprefix("split")))
+        parts = [read_results(f).assign(split_seed=int(f.parts[-3].removeprefix("split")))
                  for f in sorted(out.glob(f"split*/{kind}/results.csv"))]
         return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     res = gather("train")

@@ -21,7 +21,7 @@ import pandas as pd
 
 from usclf.errors import UsclfError
 from usclf.eval.report import seeds_summary
-from usclf.studies.harness import cell_name
+from usclf.studies.harness import cell_dir, read_results
 from usclf.studies.entry import study_lock
 
 PAPER_FIG6 = ("paper 003 (Fig. 6, Sec. 3.3.2, 10 % labels): semi-supervised from deep clustering 79.3, supervised "
@@ -43,10 +43,10 @@ def _cell(values: pd.Series) -> str:
 
 def fraction_table(res: pd.DataFrame, value: str = "f1") -> str:
     """Strategy x fraction table of `value` (test 'f1' or 'val_f1'): mean [95 % CI] (n)."""
-    fr = sorted(res["fraction"].unique())
+    fr = sorted(res["label_fraction"].unique())
     lines = ["| strategy | " + " | ".join(f"{f * 100:g} %" for f in fr) + " |", "|---" * (len(fr) + 1) + "|"]
     for m in res["method"].drop_duplicates():
-        cells = [_cell(res[(res["method"] == m) & (res["fraction"] == f)][value].dropna()) for f in fr]
+        cells = [_cell(res[(res["method"] == m) & (res["label_fraction"] == f)][value].dropna()) for f in fr]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -61,7 +61,7 @@ def val_part(res: pd.DataFrame) -> list[str]:
 
 def _pair_rows(res: pd.DataFrame, m: str, ref: str) -> list[str]:
     """Table rows of `m` minus `ref` in points, paired by (split, fraction, seed)."""
-    key = ["split_seed", "fraction", "seed"]
+    key = ["split_seed", "label_fraction", "seed"]
     a = res[res["method"] == m].set_index(key)["f1"]
     b = res[res["method"] == ref].set_index(key)["f1"]
     both = a.index.intersection(b.index)
@@ -130,13 +130,14 @@ def diag_table(res: pd.DataFrame) -> str:
     if not cols:
         return "(no semi-supervised runs)"
     extra = [c for c in DIAG_EXTRA if c in res.columns and res[c].notna().any()]  # runs before they existed: none
-    d = res[res["method"].str.startswith("semisup")].groupby(["method", "fraction"])[cols + extra].mean().reset_index()
+    semi = res[res["method"].str.startswith("semisup")]
+    d = semi.groupby(["method", "label_fraction"])[cols + extra].mean().reset_index()
     lines = ["| strategy | fraction | mask rate (last window) | pseudo-label precision (last window) | "
              "accepted positive labels (last window) |" + "".join(f" {DIAG_EXTRA[c]} |" for c in extra),
              "|---|---|---|---|---|" + "---|" * len(extra)]
     for _, r in d.iterrows():
         prec = f"{r['pl_precision_end']:.2f}" if "pl_precision_end" in r else "n/a (no truth)"
-        lines.append(f"| {r['method']} | {r['fraction'] * 100:g} % | {r.get('mask_rate_end', np.nan):.2f} | "
+        lines.append(f"| {r['method']} | {r['label_fraction'] * 100:g} % | {r.get('mask_rate_end', np.nan):.2f} | "
                      f"{prec} | {r.get('pl_accepted_end', np.nan):.0f} |" + "".join(f" {r[c]:.2f} |" for c in extra))
     return "\n".join(lines)
 
@@ -145,7 +146,7 @@ def per_class_table(run: Path, res: pd.DataFrame) -> str:
     """Pseudo-label precision per class over whole runs (sum of counts over all windows and runs), beside the
     share of frames carrying the class: precision near that share means the pseudo-labels carry no signal."""
     manifest = run / "dataset" / "manifest.csv"
-    files = {m: sorted(run.glob(f"split*/train/runs/method{m}-fraction*/diagnostics/pseudo_labels.csv"))
+    files = {m: sorted(run.glob(f"split*/train/runs/method{m}-*fraction*/diagnostics/pseudo_labels.csv"))
              for m in res["method"].drop_duplicates() if m.startswith("semisup")}
     if not manifest.is_file() or not any(files.values()):
         return ""
@@ -181,17 +182,17 @@ def class_f1_table(run: Path, res: pd.DataFrame) -> str:
     """Mean test F1 per class, strategy and fraction (over seeds x splits): where a strategy gains or loses."""
     rows = []
     for r in res.itertuples():
-        f = run / f"split{r.split_seed}" / "train" / "runs" / cell_name(
-            {"method": r.method, "fraction": r.fraction, "seed": r.seed}) / "eval" / "metrics.json"
+        f = cell_dir(run / f"split{r.split_seed}" / "train" / "runs",
+                     {"method": r.method, "label_fraction": r.label_fraction, "seed": r.seed}) / "eval" / "metrics.json"
         if f.is_file():
             m = json.loads(f.read_text())
-            rows.append({"method": r.method, "fraction": r.fraction,
+            rows.append({"method": r.method, "label_fraction": r.label_fraction,
                          **{k[len("test/f1_"):]: v for k, v in m.items() if k.startswith("test/f1_")}})
     if not rows:
         return ""
     d = pd.DataFrame(rows)
-    classes = [c for c in d.columns if c not in ("method", "fraction")]
-    g = d.groupby(["fraction", "method"], sort=False)[classes].mean().sort_index(level=0, sort_remaining=False)
+    classes = [c for c in d.columns if c not in ("method", "label_fraction")]
+    g = d.groupby(["label_fraction", "method"], sort=False)[classes].mean().sort_index(level=0, sort_remaining=False)
     lines = ["| fraction | strategy | " + " | ".join(classes) + " |", "|---" * (len(classes) + 2) + "|"]
     lines += [f"| {f * 100:g} % | {m} | " + " | ".join(f"{v:.3f}" for v in r) + " |" for (f, m), r in g.iterrows()]
     return "\n".join(lines)
@@ -213,7 +214,7 @@ def _truth_known(run: Path) -> bool:
 
 
 def section(run: Path, img_dir: Path) -> str:
-    res = pd.read_csv(run / "results.csv")
+    res = read_results(run / "results.csv")
     if not _truth_known(run):
         res = res.drop(columns=[c for c in ("pl_precision_end",) if c in res.columns])
     pre = pd.read_csv(run / "pretrain.csv") if (run / "pretrain.csv").is_file() else None

@@ -5,9 +5,9 @@ the parent run, reads the cell's test metrics back, and logs the table (+ per-gr
 the figure to the parent. Finished cells are kept in OUT/results.csv, so a re-run skips them.
 
 In MLflow a study is one experiment: the parent run and its nested children (tag mlflow.parentRunId). Each
-child is tagged with its cell (strategy = the cell's first grouping key, fraction, seed, split seed; the
-stage itself tags init = random / imagenet / lsd / pica ...) and carries the fraction as a numeric metric
-`fraction`. Where the cells vary a label fraction, the parent logs per strategy the mean test F1 as the metric
+child is tagged with its cell (strategy = the cell's first grouping key, label_fraction, seed, split seed; the
+stage itself tags init = random / imagenet / lsd / pica ...) and carries the label fraction as a numeric metric
+`label_fraction`. Where the cells vary a label fraction, the parent logs per strategy the mean test F1 as the metric
 series `test_f1/<strategy>` whose step is the label percentage: the run's chart draws the curves.
 """
 from __future__ import annotations
@@ -26,8 +26,25 @@ from ..eval.report import seeds_summary
 from ..tracking import PARENT_TAG, Tracker, mlflow_key
 
 
+# the label fraction was spelled `fraction` in results.csv and cell folders written before 2026-12-07
+LEGACY_COLUMNS = {"fraction": "label_fraction"}
+
+
 def cell_name(cell: dict) -> str:
     return "-".join(f"{k}{v}" for k, v in cell.items())
+
+
+def cell_dir(root: Path, cell: dict) -> Path:
+    """A cell's folder under `root`: its own name, or the name an earlier version gave it when only that exists."""
+    path = Path(root) / cell_name(cell)
+    old_key = {new: old for old, new in LEGACY_COLUMNS.items()}
+    legacy = Path(root) / cell_name({old_key.get(k, k): v for k, v in cell.items()})
+    return legacy if not path.exists() and legacy.exists() else path
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """A study's results.csv, with the columns of earlier versions under their current names."""
+    return pd.read_csv(path).rename(columns=LEGACY_COLUMNS)
 
 
 def read_metrics(stage_out: Path) -> dict:
@@ -55,7 +72,7 @@ def run_study(name: str, out: Path, cells: list[dict], run_cell: Callable[[dict,
     under `parent_run_id` when given; `child_tags` (e.g. the split seed) tag every child beside its cell."""
     out.mkdir(parents=True, exist_ok=True)
     done_path = out / "results.csv"
-    done = pd.read_csv(done_path) if done_path.is_file() else pd.DataFrame()
+    done = read_results(done_path) if done_path.is_file() else pd.DataFrame()
     rows = done.to_dict("records")
     finished = {cell_name({k: r[k] for k in cells[0]}) for r in rows} if cells and rows else set()
     with Tracker(tracking_uri, experiment or name, f"{name}-study", params, {"study": name},
@@ -64,7 +81,7 @@ def run_study(name: str, out: Path, cells: list[dict], run_cell: Callable[[dict,
         for cell in tqdm(cells, desc=name, unit="run", disable=not progress):
             if cell_name(cell) in finished:
                 continue
-            res = run_cell(cell, out / "runs" / cell_name(cell), parent.run_id)
+            res = run_cell(cell, cell_dir(out / "runs", cell), parent.run_id)
             children.tag_new({**cell_tags(cell, by), **(child_tags or {})})
             rows.append({**cell, **res})
             pd.DataFrame(rows).to_csv(done_path, index=False)  # a re-run skips finished cells
@@ -73,7 +90,7 @@ def run_study(name: str, out: Path, cells: list[dict], run_cell: Callable[[dict,
         table.to_csv(out / "summary.csv", index=False)
         fig = plot(df, out / f"{name}.png") if plot is not None else None
         parent.log_metrics({f"mean_f1/{cell_name(dict(zip(by, r[by])))}": r["mean"] for _, r in table.iterrows()})
-        if len(by) == 2 and by[1] == "fraction":
+        if len(by) == 2 and by[1] == "label_fraction":
             log_fraction_curves(parent, df, by[0])
         for f in (done_path, out / "summary.csv", fig):
             if f is not None:
@@ -82,13 +99,13 @@ def run_study(name: str, out: Path, cells: list[dict], run_cell: Callable[[dict,
 
 
 def cell_tags(cell: dict, by: list[str]) -> dict:
-    """A child's study tags: strategy (the cell's first grouping key), fraction, seed, split seed."""
+    """A child's study tags: strategy (the cell's first grouping key), label_fraction, seed, split seed."""
     tags = {"strategy": cell[by[0]]} if by and by[0] in cell else {}
-    return {**tags, **{k: cell[k] for k in ("fraction", "seed", "split_seed") if k in cell}}
+    return {**tags, **{k: cell[k] for k in ("label_fraction", "seed", "split_seed") if k in cell}}
 
 
 def log_fraction_curves(tracker: Tracker, df: pd.DataFrame, strategy: str = "method", value: str = "f1",
-                        fraction: str = "fraction", prefix: str = "test_f1") -> dict[str, dict[int, float]]:
+                        fraction: str = "label_fraction", prefix: str = "test_f1") -> dict[str, dict[int, float]]:
     """Per strategy, the mean `value` over all rows (seeds, split seeds) at each label fraction as the metric
     series `<prefix>/<strategy>` whose step is the label percentage (0.1 -> step 10): MLflow's line chart of
     the parent run draws the label-fraction curves. Returns {metric: {step: mean}}."""
@@ -105,8 +122,9 @@ def log_fraction_curves(tracker: Tracker, df: pd.DataFrame, strategy: str = "met
 
 class StudyChildren:
     """Tags the children a study's parent run gained since the last call: the stages create them (with the
-    stage's own tags: method, init, fraction, seed) and the study adds what only it knows (strategy, split seed).
-    Tags fill in, never overwrite a stage's own; the fraction also becomes the numeric metric `fraction`."""
+    stage's own tags: method, init, label_fraction, seed) and the study adds what only it knows (strategy, split seed).
+    Tags fill in, never overwrite a stage's own; the label fraction also becomes the numeric metric
+    `label_fraction`."""
 
     def __init__(self, parent: Tracker):
         self.parent = parent
@@ -137,10 +155,10 @@ class StudyChildren:
             split = r.data.params.get("config.data.split_seed")
             if "split_seed" not in r.data.tags and "split_seed" not in add and split is not None:
                 add["split_seed"] = split  # the stage's own split seed (a study over one split)
-            frac = tags.get("fraction", r.data.tags.get("fraction"))
+            frac = tags.get("label_fraction", r.data.tags.get("label_fraction"))
             metrics = []
-            if frac is not None and "fraction" not in r.data.metrics:
-                metrics = [Metric("fraction", float(frac), int(r.info.start_time or 0), 0)]
+            if frac is not None and "label_fraction" not in r.data.metrics:
+                metrics = [Metric("label_fraction", float(frac), int(r.info.start_time or 0), 0)]
             self.client.log_batch(r.info.run_id, metrics=metrics, tags=[RunTag(k, v) for k, v in add.items()])
             self.seen.add(r.info.run_id)
         return [r.info.run_id for r in new]

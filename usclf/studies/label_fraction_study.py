@@ -66,13 +66,13 @@ def run(cfg: LabelFractionStudyConfig, tracking_uri: str | None = None, progress
     if "supervised-imagenet" in strategies and not _imagenet_available(backbone):
         print("supervised-imagenet skipped: no local ImageNet weights (set USCLF_IMAGENET_WEIGHTS)")
         strategies.remove("supervised-imagenet")
-    cells = [{"method": s, "fraction": f, "seed": seed} for s in strategies for f in cfg.fractions
+    cells = [{"method": s, "label_fraction": f, "seed": seed} for s in strategies for f in cfg.fractions
              for seed in cfg.seeds]
 
     def run_cell(cell: dict, out: Path, parent: str) -> dict:
         stage, init = STRATEGIES[cell["method"]]
         init = cfg.clustering_model if init == "dc" else init
-        over = [f"data.path={cfg.data}", f"out={out}", f"label_fraction={cell['fraction']}",
+        over = [f"data.path={cfg.data}", f"out={out}", f"label_fraction={cell['label_fraction']}",
                 f"train.seed={cell['seed']}", f"model.init={init}", "figures=false",
                 f"experiment={cfg.experiment}", "train.progress=false", *cfg.stage_overrides]
         if stage == "finetune":
@@ -87,7 +87,7 @@ def run(cfg: LabelFractionStudyConfig, tracking_uri: str | None = None, progress
         return {"f1": m["test/weighted_f1"], "precision": m["test/weighted_precision"],
                 "recall": m["test/weighted_recall"]}
 
-    df = run_study(cfg.experiment, Path(cfg.out), cells, run_cell, ["method", "fraction"],
+    df = run_study(cfg.experiment, Path(cfg.out), cells, run_cell, ["method", "label_fraction"],
                    lambda d, png: plot_label_fraction_curves(d, png, "test weighted F1 vs label fraction"),
                    {"study": "label_fraction", **to_dict(cfg)}, tracking_uri, progress)
     print((Path(cfg.out) / "summary.csv").read_text())

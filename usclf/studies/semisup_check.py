@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="semisup_check_out", help="output folder (reused: data and LSD are kept)")
     p.add_argument("--exams", type=int, default=160, help="simulated exams (default 160, as `make demo`)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training / label-subset seeds")
-    p.add_argument("--fraction", type=float, default=0.1, help="label fraction (default 0.1)")
+    p.add_argument("--label-fraction", type=float, default=0.1, help="label fraction (default 0.1)")
     p.add_argument("--lsd", help="LSD model file to start from (default: pretrain one here)")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="which arms to run")
     p.add_argument("--set", nargs="*", default=[], metavar="key=value",
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     check_exams(args.exams)
-    check_fractions("--fraction", [args.fraction])
+    check_fractions("--label-fraction", [args.label_fraction])
     check_seeds("--seeds", args.seeds)
     if args.lsd and not Path(args.lsd).is_file():
         raise UsclfError(f"--lsd {args.lsd} not found")
@@ -116,14 +116,14 @@ def _main(args) -> int:
     results_file = out / "results.json"
     saved = json.loads(results_file.read_text()) if results_file.is_file() else {}
     scores = {arm: {int(sd): f for sd, f in v.items()} for arm, v in saved.items()}
-    with Tracker(uri, "usclf-semisup-check", "semisup-check", {"fraction": args.fraction, "seeds": args.seeds,
-                 "lsd": str(lsd), "overrides": args.set}, {"stage": "study"}) as parent:
+    params = {"label_fraction": args.label_fraction, "seeds": args.seeds, "lsd": str(lsd), "overrides": args.set}
+    with Tracker(uri, "usclf-semisup-check", "semisup-check", params, {"stage": "study"}) as parent:
         for seed in args.seeds:
             for arm in args.arms:
                 if seed in scores.get(arm, {}) and not args.rerun:
                     continue
                 t = time.time()
-                f1 = run_arm(arm, seed, ds, lsd, out, args.fraction, uri, parent.run_id, args.set)
+                f1 = run_arm(arm, seed, ds, lsd, out, args.label_fraction, uri, parent.run_id, args.set)
                 scores.setdefault(arm, {})[seed] = f1
                 results_file.write_text(json.dumps(scores, indent=2))
                 print(f"[{arm} seed {seed}] test weighted F1 {f1:.4f} ({time.time() - t:.0f} s)", flush=True)
@@ -131,7 +131,7 @@ def _main(args) -> int:
                          **seeds_summary([v[sd] for sd in args.seeds if sd in v])}
                    for arm, v in scores.items() if any(sd in v for sd in args.seeds)}
         parent.log_metrics({f"{arm}/mean_test_weighted_f1": s["mean"] for arm, s in summary.items()})
-        lines = [f"# test weighted F1 at {args.fraction:g} labels, seeds {args.seeds} (simulated exams)", "",
+        lines = [f"# test weighted F1 at {args.label_fraction:g} labels, seeds {args.seeds} (simulated exams)", "",
                  "| arm | " + " | ".join(f"seed {s}" for s in args.seeds) + " | mean |",
                  "|---|" + "---|" * (len(args.seeds) + 1)]
         for arm, s in summary.items():
