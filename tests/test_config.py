@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,20 @@ def test_numbers_bools_lists_and_mappings_are_typed():
     assert cfg.options == {"tau": 0.9, "mode": "soft"}
     assert apply_overrides(Outer(), ["inner.steps=null"]).inner.steps is None
     assert apply_overrides(Outer(), ["splits=train,val"]).splits == ["train", "val"]
+
+
+def test_code_passes_typed_overrides_that_are_never_reparsed():
+    """Studies hand values from code as {dotted key: value}: a text "null" stays text, a list stays a list, a
+    Path becomes its text; mixed with a user's key=value text, the later item wins."""
+    cfg = apply_overrides(Outer(), [{"weights": "null", "splits": ["train", "val"], "inner.steps": 7,
+                                     "options.tau": 0.9, "out": Path("/runs/a=b")}, "inner.name=sgd"])
+    assert cfg.weights == "null" and cfg.splits == ["train", "val"] and cfg.inner.steps == 7
+    assert cfg.options == {"tau": 0.9} and cfg.out == "/runs/a=b" and cfg.inner.name == "sgd"
+    assert apply_overrides(Outer(), ["inner.steps=3", {"inner.steps": None}]).inner.steps is None
+    with pytest.raises(UsclfError, match="config key 'inner.steps': expected an integer"):
+        apply_overrides(Outer(), [{"inner.steps": 2.5}])
+    with pytest.raises(UsclfError, match="unknown config key 'inner.nope'"):
+        apply_overrides(Outer(), [{"inner.nope": 1}])
 
 
 @pytest.mark.parametrize("item, message", [

@@ -140,36 +140,45 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return dataclasses.asdict(obj)
 
 
-def apply_overrides(cfg: T, overrides: list[str]) -> T:
-    """Apply `a.b=value` overrides (value parsed as YAML) to a dataclass, returning a new one."""
+def apply_overrides(cfg: T, overrides: list[str | dict[str, Any]]) -> T:
+    """Apply overrides to a dataclass, returning a new one. An item is either a user's `a.b=value` text (value
+    parsed as YAML) or, from code, a mapping {"a.b": value} whose values are used as they are (typed)."""
     data = to_dict(cfg)
     for item in overrides:
+        if isinstance(item, dict):
+            for key, value in item.items():
+                _set(data, type(cfg), str(key), value, None)
+            continue
         if "=" not in item:
             raise UsclfError(f"override '{item}' must look like key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node, cls = data, type(cfg)
-        parts = key.split(".")
-        for i, part in enumerate(parts):
-            types = _field_types(cls)
-            if part not in types:
-                _refuse_moved(cls, part, ".".join(parts[:i]) + "." if i else "", value)
-                where = ".".join(parts[:i])
-                valid = ", ".join((where + "." if where else "") + k for k in types)
-                raise UsclfError(f"unknown config key '{key}'; valid keys: {valid}")
-            if i == len(parts) - 1:
-                node[part] = _raw_for_text(types[part], raw, value)
-            elif typing.get_origin(types[part]) is dict or types[part] is dict:
-                # a free mapping (e.g. a method's `options`): the rest of the key is one entry, checked later
-                node.setdefault(part, {})
-                node[part] = {**(node[part] or {}), ".".join(parts[i + 1:]): value}
-                break
-            else:
-                cls = types[part]
-                if not _is_dataclass_type(cls):
-                    raise UsclfError(f"config key '{'.'.join(parts[:i + 1])}' has no sub-keys")
-                node = node[part]
+        _set(data, type(cfg), key, yaml.safe_load(raw) if raw != "" else "", raw)
     return from_dict(type(cfg), data)
+
+
+def _set(data: dict, cls: Any, key: str, value: Any, raw: str | None) -> None:
+    """Put `value` at the dotted `key` of `data` (the dict form of a `cls`); `raw` is the text it came from."""
+    node = data
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        types = _field_types(cls)
+        if part not in types:
+            _refuse_moved(cls, part, ".".join(parts[:i]) + "." if i else "", value)
+            where = ".".join(parts[:i])
+            valid = ", ".join((where + "." if where else "") + k for k in types)
+            raise UsclfError(f"unknown config key '{key}'; valid keys: {valid}")
+        if i == len(parts) - 1:
+            node[part] = value if raw is None else _raw_for_text(types[part], raw, value)
+        elif typing.get_origin(types[part]) is dict or types[part] is dict:
+            # a free mapping (e.g. a method's `options`): the rest of the key is one entry, checked later
+            node.setdefault(part, {})
+            node[part] = {**(node[part] or {}), ".".join(parts[i + 1:]): value}
+            return
+        else:
+            cls = types[part]
+            if not _is_dataclass_type(cls):
+                raise UsclfError(f"config key '{'.'.join(parts[:i + 1])}' has no sub-keys")
+            node = node[part]
 
 
 def _raw_for_text(tp: Any, raw: str, parsed: Any) -> Any:
@@ -185,8 +194,8 @@ def _raw_for_text(tp: Any, raw: str, parsed: Any) -> Any:
     return raw
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of `cls`, updated by the YAML file at `path` (if any), then by overrides."""
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str | dict[str, Any]] | None = None) -> T:
+    """Defaults of `cls`, updated by the YAML file at `path` (if any), then by overrides (`apply_overrides`)."""
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)

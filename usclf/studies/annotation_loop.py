@@ -69,9 +69,9 @@ def _prepare(cfg: AnnotationLoopConfig, out: Path, tracking_uri: str | None):
     lsd = out / "lsd" / "model.pt"
     if not lsd.is_file():
         pretrain(load_config(PretrainConfig, ROOT / cfg.pretrain_config,
-                             [f"data.path={data}", f"data.split_seed={cfg.split_seed}", f"out={lsd.parent}",
-                              f"augment.size={cfg.size}", "evaluate_after=false", "train.progress=false",
-                              f"experiment={cfg.experiment}", *cfg.pretrain_overrides]), tracking_uri=tracking_uri)
+                             [{"data.path": data, "data.split_seed": cfg.split_seed, "out": lsd.parent,
+                               "augment.size": cfg.size, "evaluate_after": False, "train.progress": False,
+                               "experiment": cfg.experiment}, *cfg.pretrain_overrides]), tracking_uri=tracking_uri)
     ds = open_dataset(data, manifest)
     train = np.flatnonzero((ds.manifest["split"] == "train").to_numpy())
     lsd_cluster = frame_facts(lsd, ds, train, np.zeros(len(train), bool)).cluster
@@ -103,10 +103,10 @@ def run(cfg: AnnotationLoopConfig, tracking_uri: str | None = None, progress: bo
                           split_seed=cfg.split_seed, progress=False)
             _write_ids(labeled, _ids(prev / "labeled.csv") + _ids(sug.csv))
         finetune(load_config(FinetuneConfig, ROOT / cfg.finetune_config,
-                             [f"data.path={data}", f"data.split_seed={cfg.split_seed}", f"out={cell_out}",
-                              f"labeled_ids={labeled}", f"model.init={lsd}", f"train.seed={seed}",
-                              f"augment.size={cfg.size}", "figures=false", "train.progress=false",
-                              f"experiment={cfg.experiment}", *cfg.finetune_overrides]),
+                             [{"data.path": data, "data.split_seed": cfg.split_seed, "out": cell_out,
+                               "labeled_ids": labeled, "model.init": lsd, "train.seed": seed,
+                               "augment.size": cfg.size, "figures": False, "train.progress": False,
+                               "experiment": cfg.experiment}, *cfg.finetune_overrides]),
                  tracking_uri=tracking_uri, parent_run_id=parent)
         ids = _ids(labeled)
         return {"f1": read_metrics(cell_out)["test/weighted_f1"], "val_f1": best_val_f1(cell_out),

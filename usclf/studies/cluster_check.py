@@ -37,7 +37,7 @@ def make_data(out: Path, exams: int, size: int, seed: int = 0) -> Path:
     raw, ds = out / "exams", out / "dataset"
     if not (ds / "manifest_split_seed0.csv").is_file():
         simulate(raw, SimulateConfig(exams=exams, size=int(size * 1.5), seed=seed), progress=False)
-        cfg = load_config(IngestStageConfig, CONFIGS / "ingest_demo.yaml", [f"ingest.size={size}"])
+        cfg = load_config(IngestStageConfig, CONFIGS / "ingest_demo.yaml", [{"ingest.size": size}])
         ingest(raw, ds, raw / "labels.csv", cfg.ingest, progress=False)
         split_dataset(ds, cfg.split)
     return ds
@@ -60,8 +60,8 @@ def run(out: Path, exams: int = 160, size: int = 64, epochs: int = 10, lr: float
     rows = []
     for m in methods:
         t0 = time.time()
-        over = [f"data.path={ds}", f"out={out / m}", f"train.epochs={epochs}", f"train.optim.lr={lr}",
-                f"augment.size={size}", "train.progress=false", "evaluate_after=false", *(extra or [])]
+        over = [{"data.path": ds, "out": out / m, "train.epochs": epochs, "train.optim.lr": lr,
+                 "augment.size": size, "train.progress": False, "evaluate_after": False}, *(extra or [])]
         cfg = load_config(PretrainConfig, CONFIGS / f"pretrain_{'pica' if m == 'pica' else 'lsd'}_demo.yaml", over)
         path = untrained_model(cfg, out / m / "model.pt") if m == "untrained" else pretrain(cfg, tracking_uri=tracking_uri)
         r = evaluate(EvaluateConfig(model=str(path), out=str(out / m / "eval"), figures=m != "untrained",

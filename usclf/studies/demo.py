@@ -44,9 +44,9 @@ EXPERIMENT = "demo"
 # FixMatch steps took 14.1 min (LSD 194 s, FixMatch 253 + 238 s), over the 10-minute budget; 48 px, 6 epochs
 # and 150 steps took 8.7 min (LSD 111 s, FixMatch 144 + 147 s); a resnet18 step at 48 px costs 0.70x of
 # one at 64 px. The cache stays 64 px (the input is resized from it).
-SIZING = {"pretrain_lsd_demo": ["augment.size=48", "train.epochs=5"],
-          "finetune_demo": ["augment.size=48", "train.ckpt_epochs=5"],  # 25 epoch-end saves: 15 s of 81
-          "semisup_demo": ["augment.size=48", "train.max_steps=120"]}
+SIZING = {"pretrain_lsd_demo": {"augment.size": 48, "train.epochs": 5},
+          "finetune_demo": {"augment.size": 48, "train.ckpt_epochs": 5},  # 25 epoch-end saves: 15 s of 81
+          "semisup_demo": {"augment.size": 48, "train.max_steps": 120}}
 
 
 def banner(i: int, text: str) -> None:
@@ -73,7 +73,7 @@ def _main(args) -> int:
     check_fractions("--fractions", args.fractions)
     progress = not args.quiet
     data = out / "dataset"
-    common = [f"data.path={data}", f"train.progress={progress}", f"experiment={EXPERIMENT}"]
+    common = [{"data.path": data, "train.progress": progress, "experiment": EXPERIMENT}]
     for cls, name in ((PretrainConfig, "pretrain_lsd_demo"), (FinetuneConfig, "finetune_demo"),
                       (SemisupConfig, "semisup_demo")):   # the overrides, checked before anything is written
         load_config(cls, CONFIGS / f"{name}.yaml", stage_overrides(name, common, args))
@@ -85,12 +85,12 @@ def _main(args) -> int:
         return story(args, out, uri, data, common, parent)
 
 
-def stage_overrides(name: str, common: list[str], args) -> list[str]:
+def stage_overrides(name: str, common: list, args) -> list:
     """One stage's overrides: the shared ones, the demo's sizing, then the user's (which win)."""
-    return [*common, *SIZING[name], *args.overrides]
+    return [*common, SIZING[name], *args.overrides]
 
 
-def story(args, out: Path, uri: str, data: Path, common: list[str], parent: Tracker) -> int:
+def story(args, out: Path, uri: str, data: Path, common: list, parent: Tracker) -> int:
     """The demo's six steps; every stage run nested under `parent` (one MLflow experiment)."""
     progress = not args.quiet
     t0 = time.time()
@@ -109,12 +109,12 @@ def story(args, out: Path, uri: str, data: Path, common: list[str], parent: Trac
 
     banner(3, "pretrain LSD deep clustering on the unlabelled exams, then evaluate the clusters")
     lsd = pretrain(load_config(PretrainConfig, CONFIGS / "pretrain_lsd_demo.yaml",
-                               [*stage_overrides("pretrain_lsd_demo", common, args), f"out={out / 'pretrain_lsd'}",
-                                "evaluate_after=false"]), tracking_uri=uri,
+                               [*stage_overrides("pretrain_lsd_demo", common, args),
+                                {"out": out / "pretrain_lsd", "evaluate_after": False}]), tracking_uri=uri,
                    parent_run_id=parent.run_id)
     ev = evaluate(load_config(EvaluateConfig, CONFIGS / "evaluate.yaml",
-                              [f"model={lsd}", f"data.path={data}", f"out={out / 'evaluate_lsd'}",
-                               f"experiment={EXPERIMENT}"]),
+                              [{"model": lsd, "data.path": data, "out": out / "evaluate_lsd",
+                                "experiment": EXPERIMENT}]),
                   tracking_uri=uri, progress=progress, parent_run_id=parent.run_id)
     children.tag_new({"strategy": "pretrain-lsd"})
 
@@ -125,8 +125,8 @@ def story(args, out: Path, uri: str, data: Path, common: list[str], parent: Trac
                                            ("fixmatch-twohead", semisup, SemisupConfig, "semisup_demo")):
             run_out = out / f"{name}_f{frac:g}"
             cfg = load_config(cls, CONFIGS / f"{cfg_name}.yaml",
-                              [*stage_overrides(cfg_name, common, args), f"out={run_out}", f"label_fraction={frac}",
-                               f"model.init={lsd}"])
+                              [*stage_overrides(cfg_name, common, args),
+                               {"out": run_out, "label_fraction": frac, "model.init": lsd}])
             model = stage(cfg, tracking_uri=uri, parent_run_id=parent.run_id)
             children.tag_new({"strategy": name, "label_fraction": frac, "seed": 0})
             _, info = load_model_file(model)

@@ -113,8 +113,8 @@ def _pretrain_cells(cfg: EvidenceConfig, data: Path, split_seed: int, out: Path,
     cells = [{"method": m, "seed": s} for m in cfg.pretrain_methods for s in cfg.pretrain_seeds]
 
     def run_cell(cell, cell_out, parent):
-        over = [f"data.path={data}", f"data.split_seed={split_seed}", f"out={cell_out}", f"method={cell['method']}",
-                f"train.seed={cell['seed']}", f"experiment={cfg.experiment}", "train.progress=false",
+        over = [{"data.path": data, "data.split_seed": split_seed, "out": cell_out, "method": cell["method"],
+                 "train.seed": cell["seed"], "experiment": cfg.experiment, "train.progress": False},
                 *cfg.pretrain_overrides]
         pretrain(load_config(PretrainConfig, ROOT / cfg.pretrain_config, over), tracking_uri=uri, parent_run_id=parent)
         m = read_metrics(cell_out)
@@ -133,17 +133,17 @@ def _train_cells(cfg: EvidenceConfig, data: Path, split_seed: int, dc_model: Pat
     def run_cell(cell, cell_out, parent):
         stage, init, method = parse_strategy(cell["method"])
         extra = split_variant(cell["method"], cfg.variants)[1]
-        over = [f"data.path={data}", f"data.split_seed={split_seed}", f"out={cell_out}",
-                f"label_fraction={cell['label_fraction']}", f"train.seed={cell['seed']}",
-                f"model.init={dc_model if init == 'dc' else 'random'}", "figures=false",
-                f"experiment={cfg.experiment}", "train.progress=false"]
+        over = [{"data.path": data, "data.split_seed": split_seed, "out": cell_out,
+                 "label_fraction": cell["label_fraction"], "train.seed": cell["seed"],
+                 "model.init": dc_model if init == "dc" else "random", "figures": False,
+                 "experiment": cfg.experiment, "train.progress": False}]
         t0 = time.time()
         if stage == "supervised":
             finetune(load_config(FinetuneConfig, ROOT / cfg.finetune_config, over + cfg.finetune_overrides + extra),
                      tracking_uri=uri, parent_run_id=parent)
         else:
             semisup(load_config(SemisupConfig, ROOT / cfg.semisup_config,
-                                over + [f"method={method}"] + cfg.semisup_overrides + extra), tracking_uri=uri,
+                                over + [{"method": method}] + cfg.semisup_overrides + extra), tracking_uri=uri,
                     parent_run_id=parent)
         m = read_metrics(cell_out)
         return {"f1": m["test/weighted_f1"], "val_f1": best_val_f1(cell_out), "seconds": round(time.time() - t0, 1),

@@ -72,9 +72,9 @@ def run(cfg: LabelFractionStudyConfig, tracking_uri: str | None = None, progress
     def run_cell(cell: dict, out: Path, parent: str) -> dict:
         stage, init = STRATEGIES[cell["method"]]
         init = cfg.clustering_model if init == "dc" else init
-        over = [f"data.path={cfg.data}", f"out={out}", f"label_fraction={cell['label_fraction']}",
-                f"train.seed={cell['seed']}", f"model.init={init}", "figures=false",
-                f"experiment={cfg.experiment}", "train.progress=false", *cfg.stage_overrides]
+        over = [{"data.path": cfg.data, "out": out, "label_fraction": cell["label_fraction"],
+                 "train.seed": cell["seed"], "model.init": init, "figures": False,
+                 "experiment": cfg.experiment, "train.progress": False}, *cfg.stage_overrides]
         if stage == "finetune":
             finetune(load_config(FinetuneConfig, ROOT / cfg.finetune_config, over + cfg.finetune_overrides),
                      tracking_uri=tracking_uri,

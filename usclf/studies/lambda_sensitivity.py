@@ -36,8 +36,8 @@ def run(cfg: LambdaStudyConfig, tracking_uri: str | None = None, progress: bool 
     cells = [{"method": m, "lam": lam, "seed": s} for m in cfg.methods for lam in cfg.lambdas for s in cfg.seeds]
 
     def run_cell(cell: dict, out: Path, parent: str) -> dict:
-        over = [f"data.path={cfg.data}", f"out={out}", f"method={cell['method']}", f"options.lam={cell['lam']}",
-                f"train.seed={cell['seed']}", f"experiment={cfg.experiment}", "train.progress=false",
+        over = [{"data.path": cfg.data, "out": out, "method": cell["method"], "options.lam": cell["lam"],
+                 "train.seed": cell["seed"], "experiment": cfg.experiment, "train.progress": False},
                 *cfg.stage_overrides]
         pretrain(load_config(PretrainConfig, ROOT / cfg.pretrain_config, over), tracking_uri=tracking_uri,
                  parent_run_id=parent)

@@ -65,14 +65,14 @@ def build_data(out: Path, exams: int) -> Path:
 def run_arm(name: str, seed: int, ds: Path, lsd: Path, out: Path, fraction: float, uri: str, parent: str,
             overrides: list[str]) -> float:
     stage, heads, init = ARMS[name]
-    common = [f"data.path={ds}", f"out={out / name / f'seed{seed}'}", f"model.init={lsd if init == 'lsd' else init}",
-              f"label_fraction={fraction}", f"train.seed={seed}", "train.progress=false", "figures=false",
-              "experiment=usclf-semisup-check"]
+    common = [{"data.path": ds, "out": out / name / f"seed{seed}", "model.init": lsd if init == "lsd" else init,
+               "label_fraction": fraction, "train.seed": seed, "train.progress": False, "figures": False,
+               "experiment": "usclf-semisup-check"}]
     if stage == "finetune":
         cfg = load_config(FinetuneConfig, CONFIGS / "finetune_demo.yaml", common + overrides)
         path = finetune(cfg, tracking_uri=uri, parent_run_id=parent)
     else:
-        cfg = load_config(SemisupConfig, CONFIGS / "semisup_demo.yaml", common + [f"method=fixmatch-{heads}head"] + overrides)
+        cfg = load_config(SemisupConfig, CONFIGS / "semisup_demo.yaml", common + [{"method": f"fixmatch-{heads}head"}] + overrides)
         path = semisup(cfg, tracking_uri=uri, parent_run_id=parent)
     metrics = json.loads((path.parent / "eval" / "metrics.json").read_text())
     return float(metrics["test/weighted_f1"])
@@ -109,7 +109,7 @@ def _main(args) -> int:
     lsd = Path(args.lsd) if args.lsd else out / "pretrain_lsd" / "model.pt"
     if not lsd.is_file() and any(ARMS[a][2] == "lsd" for a in args.arms):
         cfg = load_config(PretrainConfig, CONFIGS / "pretrain_lsd_demo.yaml",
-                          [f"data.path={ds}", f"out={lsd.parent}", "train.progress=false"])
+                          [{"data.path": ds, "out": lsd.parent, "train.progress": False}])
         pretrain(cfg, tracking_uri=uri)
         print(f"LSD pretrained in {(time.time() - t0) / 60:.1f} min", flush=True)
     # results accumulate across invocations (arms can be added later; a killed study resumes)
