@@ -191,7 +191,6 @@ def bench_predict_cmd(args) -> None:
                   f"{best['pred_cpu'] / best['fwd_cpu']:.2f})")
 
 
-@torch.no_grad()
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("what", choices=["data", "pipeline", "predict", "ingest", "augment", "archive"],

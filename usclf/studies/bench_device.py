@@ -39,7 +39,8 @@ def step_rate_infer(size: int, batch: int, with_count: bool = False):
     warm-up batch included)."""
     model = build_classifier("resnet18", "multilabel", num_classes=7).eval()
     x = torch.randn(batch, 1, size, size)
-    n, s = timed(lambda: (model(x), batch)[1], 3.0)
+    with torch.no_grad():
+        n, s = timed(lambda: (model(x), batch)[1], 3.0)
     return (n / s, n + batch) if with_count else n / s
 
 
