@@ -1,4 +1,4 @@
-"""`make demo`: the whole usclf story on simulated exams, sized for a 2-core CPU (about 7.5 minutes).
+"""`make demo`: the whole usclf story on simulated exams, sized for a 2-core CPU (about 8 minutes).
 
 simulate -> ingest (+ patient-disjoint split) -> pretrain LSD -> evaluate clusters (report, t-SNE, gallery)
 -> supervised fine-tuning and two-head FixMatch from the LSD weights at two label fractions
@@ -41,9 +41,9 @@ STEPS = 6
 EXPERIMENT = "demo"
 # The demo's sizing on top of the shared *_demo.yaml (which the evidence studies also use, so they stay).
 # Measured on a 2-core AMD EPYC with AVX2 kernels (2026-12-07): the yaml's 64 px, 8 LSD epochs and 200
-# FixMatch steps took 14.1 min (LSD 194 s, FixMatch 253 + 238 s), over the 10-minute budget; 48 px, 6 epochs
-# and 150 steps took 8.7 min (LSD 111 s, FixMatch 144 + 147 s); a resnet18 step at 48 px costs 0.70x of
-# one at 64 px. The cache stays 64 px (the input is resized from it).
+# FixMatch steps took 14.1 min (LSD 194 s, FixMatch 253 + 238 s), over the 10-minute budget; this sizing
+# takes 8.2 min (README); a resnet18 step at 48 px costs 0.70x of one at 64 px. The cache stays 64 px (the
+# input is resized from it).
 SIZING = {"pretrain_lsd_demo": {"augment.size": 48, "train.epochs": 5},
           "finetune_demo": {"augment.size": 48, "train.ckpt_epochs": 5},  # 25 epoch-end saves: 15 s of 81
           "semisup_demo": {"augment.size": 48, "train.max_steps": 120}}

@@ -5,7 +5,7 @@
 Strategies: supervised from ImageNet (only when local weights exist), from random, from deep clustering
 (an LSD model file); semi-supervised FixMatch (two-head by default) from random and from deep clustering.
 One parent run holds results.csv, summary.csv (mean / best / 95 % CI per strategy and fraction) and the
-curve figure; each training run is a nested child with method, init, fraction and seed as params.
+curve figure; each training run is a nested child with method, init, label_fraction and seed as params.
 """
 from __future__ import annotations
 
