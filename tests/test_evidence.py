@@ -117,6 +117,18 @@ def _assert_one_experiment(uri: str, res: pd.DataFrame) -> None:
     assert {"results.csv", "label_fractions.png"} <= {a.path for a in client.list_artifacts(top[0])}
 
 
+def test_a_random_init_study_pretrains_nothing_and_runs(tmp_path):
+    """The digits benchmark's shape: no pretrain method, random-init arms only (it once failed on an empty table)."""
+    ev = _load("evidence")
+    over = ["pretrain_methods=[]", "split_seeds=[0]", "fractions=[1.0]", "strategies=[supervised-random]",
+            "strategy_fractions={}", "finetune_overrides=[augment.size=32,data.batch_size=4,train.epochs=1]",
+            f"out={tmp_path / 'ev'}"]
+    assert ev.main(["--config", str(ROOT / "configs" / "evidence_smoke.yaml"), "--quiet", *over]) == 0
+    res = pd.read_csv(tmp_path / "ev" / "results.csv")
+    assert list(res["method"]) == ["supervised-random"] and res["f1"].between(0, 1).all()
+    assert pd.read_csv(tmp_path / "ev" / "pretrain.csv").empty
+
+
 def test_study_command_lists_and_rejects(capsys):
     assert cli.main(["study", "--help"]) == 0
     listed = capsys.readouterr().out

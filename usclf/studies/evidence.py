@@ -111,6 +111,8 @@ def prepare_data(cfg: EvidenceConfig, out: Path) -> Path:
 def _pretrain_cells(cfg: EvidenceConfig, data: Path, split_seed: int, out: Path, uri: str | None,
                     top: str | None = None) -> pd.DataFrame:
     cells = [{"method": m, "seed": s} for m in cfg.pretrain_methods for s in cfg.pretrain_seeds]
+    if not cells:  # random-init-only studies (e.g. the digits benchmark) pretrain nothing
+        return pd.DataFrame(columns=["method", "seed", "f1"])
 
     def run_cell(cell, cell_out, parent):
         over = [{"data.path": data, "data.split_seed": split_seed, "out": cell_out, "method": cell["method"],
