@@ -68,7 +68,9 @@ def test_cells_land_as_they_finish_a_rerun_skips_them_and_report_reads_the_csv(t
     assert "ae.epochs=2" in rows.loc[rows.method == "dec", "settings"].iloc[0]
     assert rows["command"].str.startswith("python pipelines/baseline_check.py --dataset usps").all()
     assert rows["machine"].str.contains("torch CPU").all() and (rows["commit"] != "").all()
-    assert (rows["cpu_s"] > 0).all() and (rows["resumed"] == "").all()
+    # a tiny k-means cell can round to 0.0 CPU seconds; the trained ones cannot
+    assert (rows["cpu_s"] >= 0).all() and (rows.loc[rows.method != "kmeans", "cpu_s"] > 0).all()
+    assert (rows["resumed"] == "").all()
     assert ((rows["top_cluster"] >= 0.33) & (rows["top_cluster"] <= 1)).all() and (rows["wall_s"] >= 0).all()
 
     before, n_calls = res.read_bytes(), len(calls)

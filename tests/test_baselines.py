@@ -3,6 +3,7 @@ CLI end to end with its MLflow run and resume."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -10,8 +11,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import shared_data, simulated_dataset
-from usclf.baselines.config import METHODS, AEConfig, BaselineConfig, FeatureConfig
-from usclf.baselines.registry import BASELINES, get_baseline
+from usclf.baselines.config import AEConfig, BaselineConfig, FeatureConfig
+from usclf.baselines.registry import Baseline, FitContext, get_baseline
 from usclf.cli import main
 from usclf.errors import UsclfError
 from usclf.stages.baseline import baseline
@@ -42,8 +43,12 @@ def blobs_npz(path, per_class=40, seed=0):
 
 
 def test_registry_holds_exactly_the_documented_methods():
-    get_baseline(BaselineConfig(method="kmeans"))       # imports every method module
-    assert set(BASELINES) == set(METHODS)
+    from usclf.methods import BASELINE, help_text, method_class
+    # the one method registry (configs/methods.yaml) holds every baseline, listed by `usclf baseline --help`
+    assert len(BASELINE) == 14 and all(issubclass(method_class("baseline", m), Baseline) for m in BASELINE)
+    assert all(method_class("baseline", m).name == m and get_baseline(BaselineConfig(method=m)).name == m
+               for m in BASELINE)
+    assert "idcec: IDCEC: DCEC with input noise" in help_text("baseline")
     with pytest.raises(UsclfError, match="unknown baseline 'deep-magic'; valid: ae-kmeans, cae-kmeans, cdec, cidec, dcec, dec, deepcluster"):
         get_baseline(BaselineConfig(method="deep-magic"))
     with pytest.raises(UsclfError, match="ae.epochs must be > 0"):
@@ -111,6 +116,43 @@ def test_dec_self_training_sharpens_assignments(tmp_path, mlflow_uri):
     r = got["idec"]
     assert r.data.params["K"] == "3" and r.data.params["data_hash"]
     assert "train/kl" in r.data.metrics and "all/nmi" in r.data.metrics and "delta_label" in r.data.metrics
+
+
+def _fit_dying_after(cfg, images, out, step):
+    """In a forked child: fit, but exit (as a killed process: no clean-up) after clustering step `step`."""
+    from usclf.train import loop
+    train_step = loop.Trainer._train_step
+
+    def step_then_die(self, batch, ctx):
+        res = train_step(self, batch, ctx)
+        if self.last_path.parent.name == "dec_checkpoints" and ctx.step + 1 == step:
+            os._exit(17)
+        return res
+
+    loop.Trainer._train_step = step_then_die
+    get_baseline(cfg).fit(images, FitContext(out, k=3, seed=1, progress=False))
+
+
+def test_dec_killed_mid_clustering_resumes_with_its_target_to_the_uninterrupted_result(tmp_path):
+    """DEC's target P (refreshed every 5 steps) is its step's state: the checkpoint at step 100 carries the one
+    of step 100, and the resumed run ends where the uninterrupted one does."""
+    import multiprocessing
+
+    from usclf.atomic_io import load_checkpoint
+    from usclf.config import apply_overrides
+    images = np.load(blobs_npz(tmp_path / "blobs.npz"))["x_train"]
+    cfg = apply_overrides(BaselineConfig(method="dec", progress=False),
+                          [*TINY_AE[:4], "dec.max_steps=300", "dec.update_interval=5", "dec.tol=0"])
+    whole = get_baseline(cfg).fit(images, FitContext(tmp_path / "a", k=3, seed=1, progress=False))
+    child = multiprocessing.get_context("fork").Process(target=_fit_dying_after, args=(cfg, images, tmp_path / "b", 150))
+    child.start()
+    child.join()
+    assert child.exitcode == 17
+    ck = load_checkpoint(tmp_path / "b" / "dec_checkpoints" / "last.pt")  # checkpoints every 20 epochs = 100 steps
+    assert ck["step"] == 100 and ck["method"]["target"].shape == (len(images), 3) and "target" not in ck["model"]
+    resumed = get_baseline(cfg).fit(images, FitContext(tmp_path / "b", k=3, seed=1, progress=False, resume=True))
+    assert resumed.info["steps"] == whole.info["steps"] == 300
+    np.testing.assert_array_equal(resumed.P, whole.P)
 
 
 def test_cli_on_ultrasound_dataset_and_resume(tmp_path, mlflow_uri):

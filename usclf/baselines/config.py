@@ -3,24 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# name -> one-line summary; the registry (registry.py) holds exactly these names (a test checks it)
-METHODS = {
-    "kmeans": "k-means on raw pixels",
-    "pca-kmeans": "k-means on the first features.pca_dims principal components",
-    "hog-kmeans": "k-means on HOG features (8x8 cells, 2x2 blocks)",
-    "lbp-kmeans": "k-means on uniform-LBP histograms (16x16 cells, r=1, P=8)",
-    "ae-kmeans": "k-means on the embedding of a pretrained dense autoencoder",
-    "dec": "DEC: KL(P||Q) self-training of the encoder and centres (no decoder)",
-    "idec": "IDEC: DEC + the decoder's reconstruction loss (L_r + dec.gamma * L_c)",
-    "idec-graph": "IDEC + nearest-neighbour graph embedding in pretraining and fine-tuning (paper 000)",
-    "cae-kmeans": "k-means on the code of a pretrained convolutional autoencoder (paper 001)",
-    "cdec": "CDEC: DEC on the convolutional autoencoder (paper 001)",
-    "cidec": "CIDEC: IDEC on the convolutional autoencoder (paper 001)",
-    "dcec": "DCEC: IDEC on Guo et al.'s strided convolutional autoencoder (conv 32-64-128, code = K)",
-    "idcec": "IDCEC: DCEC with input noise + weight decay, then a CNN on the reliable samples (paper 004)",
-    "deepcluster": "DeepCluster/DeepMCAT: k-means pseudo-labels on the CNN's features each epoch (paper 002)",
-}
-
 
 @dataclass
 class FeatureConfig:

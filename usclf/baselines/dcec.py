@@ -19,7 +19,8 @@ from ..train.loop import Trainer
 from .autoencoders import GuoConvAE, check_strided_size
 from .dec import IDEC, IndexBatches
 from .features import kmeans
-from .registry import Assignment, check_positive, register
+from .registry import Assignment, check_positive
+from .steps import PseudoLabelStep
 
 
 def random_affine(x: torch.Tensor, rotation: float, shift: float, zoom: float) -> torch.Tensor:
@@ -68,7 +69,6 @@ def _softmax_all(model: nn.Module, X: torch.Tensor, chunk: int = 4096) -> torch.
     return P
 
 
-@register
 class DCEC(IDEC):
     """IDEC (L = L_r + gamma L_c) on GuoConvAE; settings in the `dcec` section and its `cluster` subsection."""
     name, conv, pooled = "dcec", True, False
@@ -107,7 +107,6 @@ class DCEC(IDEC):
         return GuoConvAE(tuple(X.shape[2:]), list(c.filters), code, pooled=self.pooled), arch
 
 
-@register
 class IDCEC(DCEC):
     """Module A: DCEC on the pooled autoencoder with Eq. 7's loss on noisy inputs; module B: reliable samples
     of k-means on the embedding -> CNN, `rounds` times (later rounds cluster the previous CNN's softmax
@@ -142,11 +141,11 @@ class IDCEC(DCEC):
         rec, l2 = F.mse_loss(xr, x), weight_penalty(net.parameters())
         return rec + self.cfg.idcec.beta * l2, z, {"rec": rec, "l2": l2}
 
-    def cluster_loss(self, net, model, X, idx, nbrs):
+    def cluster_loss(self, net, target, X, idx, nbrs):
         """Eq. 7 on noisy inputs against the clean ones; L_w over the autoencoder, not the centres."""
         x = X[idx]
         _, q, xr = net(self._noisy(x))
-        return idcec_loss(x, xr, model.target[idx], q, model.ae.parameters(), self.settings.gamma,
+        return idcec_loss(x, xr, target[idx], q, getattr(net, "module", net).ae.parameters(), self.settings.gamma,
                           self.cfg.idcec.beta)
 
     def cluster(self, ae, X, labels, centers, ctx, nbrs) -> Assignment:
@@ -175,12 +174,9 @@ class IDCEC(DCEC):
         Xr = X[torch.as_tensor(keep, device=X.device)]
         yr = torch.as_tensor(y, device=X.device)
 
-        def step(net, idx, _):
-            ce = F.cross_entropy(net(self._augment(Xr[idx])), yr[idx])
-            return ce, {"ce": ce}
-
         per_epoch = math.ceil(len(keep) / min(cc.batch_size, len(keep)))
-        res = Trainer(cnn, self._train_cfg(ctx, cc.lr, cc.epochs, per_epoch), step,
+        res = Trainer(cnn, self._train_cfg(ctx, cc.lr, cc.epochs, per_epoch),
+                      PseudoLabelStep(Xr, yr, self._augment),
                       ctx.out / f"idcec_cnn{r}_checkpoints", ctx.tracker
                       ).fit(IndexBatches(len(keep), cc.batch_size, per_epoch, ctx.seed + 2 + r), resume=ctx.resume)
         return cnn, res.steps

@@ -13,25 +13,23 @@ from torch import nn
 
 from ..errors import UsclfError
 from ..losses.dec import dec_kl, dec_target, student_t_q
-from ..losses.graph import graph_loss, graph_pairs, knn_graph
+from ..losses.graph import knn_graph
 from ..atomic_io import load_checkpoint, save_checkpoint
 from ..train.loop import OptimConfig, TrainConfig, Trainer
 from .autoencoders import ConvAE, DenseAE, check_conv_size
 from .config import DECConfig
 from .features import kmeans, raw_pixels
-from .registry import Assignment, Baseline, FitContext, check_positive, one_hot, register
+from .registry import Assignment, Baseline, FitContext, check_positive, one_hot
+from .steps import DECStep, ReconstructionStep, graph_term
 
 
 class DECModel(nn.Module):
-    """Encoder (+ decoder for IDEC) + cluster centres; the target distribution P and the last hard
-    labels are buffers so that a checkpoint resumes with exactly the target it was trained against."""
+    """Encoder (+ decoder for IDEC) + cluster centres; the target P is the training step's state (steps.DECStep)."""
 
-    def __init__(self, ae: nn.Module, centers: np.ndarray, n: int, alpha: float):
+    def __init__(self, ae: nn.Module, centers: np.ndarray, alpha: float):
         super().__init__()
         self.ae, self.alpha = ae, alpha
         self.centers = nn.Parameter(torch.as_tensor(centers, dtype=torch.float32))
-        self.register_buffer("target", torch.zeros(n, len(centers)))
-        self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         z, xr = self.ae(x)
@@ -74,12 +72,6 @@ def _encode_all(model: nn.Module, X: torch.Tensor, chunk: int = 4096) -> tuple[t
             qs.append(out[1])
     model.train(was)
     return torch.cat(zs), (torch.cat(qs) if qs else None)
-
-
-def _graph_term(encode, X: torch.Tensor, idx: torch.Tensor, z: torch.Tensor, nbrs) -> torch.Tensor:
-    owner, nb = graph_pairs(idx.cpu().numpy(), nbrs)
-    z_nb = encode(X[torch.as_tensor(nb, device=X.device)])
-    return graph_loss(z, z_nb, torch.as_tensor(owner, device=X.device))
 
 
 class _AutoencoderBaseline(Baseline):
@@ -145,13 +137,7 @@ class _AutoencoderBaseline(Baseline):
             ae.load_state_dict(ck["model"])
             return ae.to(X.device)
 
-        def step(net, idx, _):
-            loss, z, parts = self.pretrain_loss(net, X[idx])
-            if not gamma:
-                return loss, parts
-            g = _graph_term(lambda v: net(v)[0], X, idx, z, nbrs)
-            return loss + gamma * g, {**parts, "graph": g}
-
+        step = ReconstructionStep(X, self.pretrain_loss, gamma, nbrs)
         steps = math.ceil(len(X) / min(a.batch_size, len(X)))
         Trainer(ae, self._train_cfg(ctx, a.lr, a.epochs, steps), step, ctx.out / "ae_checkpoints", ctx.tracker).fit(
             IndexBatches(len(X), a.batch_size, steps, ctx.seed), resume=ctx.resume)
@@ -176,7 +162,6 @@ class _AutoencoderBaseline(Baseline):
         raise NotImplementedError  # pragma: no cover - abstract
 
 
-@register
 class AEKMeans(_AutoencoderBaseline):
     name = "ae-kmeans"
 
@@ -185,7 +170,6 @@ class AEKMeans(_AutoencoderBaseline):
         return Assignment(one_hot(labels, ctx.k), z.cpu().numpy(), {})
 
 
-@register
 class DEC(_AutoencoderBaseline):
     name = "dec"
     reconstruct = False
@@ -195,71 +179,55 @@ class DEC(_AutoencoderBaseline):
         """The clustering-phase settings (DCEC / IDCEC keep their own in <section>.cluster)."""
         return self.cfg.dec
 
-    def cluster_loss(self, net: nn.Module, model: DECModel, X: torch.Tensor, idx: torch.Tensor, nbrs):
-        """(loss, logged parts) of one clustering batch: gamma L_c (+ L_r for IDEC, + the graph term)."""
+    def cluster_loss(self, net: nn.Module, target: torch.Tensor, X: torch.Tensor, idx: torch.Tensor, nbrs):
+        """(loss, logged parts) of one clustering batch against the target P: gamma L_c (+ L_r for IDEC, + the
+        graph term)."""
         d = self.settings
         gamma, g2 = (d.gamma if self.reconstruct else 1.0), (self.cfg.graph.gamma if self.uses_graph else 0.0)
         x = X[idx]
         z, q, xr = net(x)
-        kl = dec_kl(model.target[idx], q)
+        kl = dec_kl(target[idx], q)
         loss, parts = gamma * kl, {"kl": kl}
         if self.reconstruct:   # IDEC (Eq. 9): L_r + gamma_1 L_c
             parts["rec"] = nn.functional.mse_loss(xr, x)
             loss = loss + parts["rec"]
         if g2:
-            parts["graph"] = _graph_term(lambda v: net(v)[0], X, idx, z, nbrs)
+            parts["graph"] = graph_term(lambda v: net(v)[0], X, idx, z, nbrs)
             loss = loss + g2 * parts["graph"]
         return loss, parts
 
     def cluster(self, ae, X, labels, centers, ctx, nbrs) -> Assignment:
         d, n = self.settings, len(X)
-        model = DECModel(ae, centers, n, d.alpha).to(X.device)
-        model.labels.copy_(torch.as_tensor(labels, device=X.device))
-        model.target.copy_(dec_target(_encode_all(model, X)[1]))
-
-        def step(net, idx, _):
-            return self.cluster_loss(net, model, X, idx, nbrs)
-
-        def refresh(epoch, m):
-            """Every update_interval steps: new target P, stop when < tol of the labels changed."""
-            q = _encode_all(m, X)[1]
-            new = q.argmax(1)
-            changed = float((new != m.labels).float().mean())
-            m.labels.copy_(new)
-            m.target.copy_(dec_target(q))
-            return {"delta_label": changed, "stop": changed < d.tol}
-
+        model = DECModel(ae, centers, d.alpha).to(X.device)
+        step = DECStep(lambda net, target, idx: self.cluster_loss(net, target, X, idx, nbrs),
+                       lambda m: _encode_all(m, X)[1], torch.as_tensor(labels, device=X.device).long(),
+                       dec_target(_encode_all(model, X)[1]), d.tol)
         interval = d.update_interval or math.ceil(n / min(d.batch_size, n))
         cfg = self._train_cfg(ctx, d.lr, math.ceil(d.max_steps / interval), interval)
-        res = Trainer(model, cfg, step, ctx.out / f"{self.name}_checkpoints", ctx.tracker, on_epoch_end=refresh
+        res = Trainer(model, cfg, step, ctx.out / f"{self.name}_checkpoints", ctx.tracker, on_epoch_end=step.refresh
                       ).fit(IndexBatches(n, d.batch_size, interval, ctx.seed + 1), resume=ctx.resume)
         z, q = _encode_all(model, X)
         return Assignment(q.cpu().numpy(), z.cpu().numpy(),
                           {"steps": res.steps, "converged": float(res.stopped_early)})
 
 
-@register
 class IDEC(DEC):
     name = "idec"
     reconstruct = True
 
 
-@register
 class IDECGraph(IDEC):
     name = "idec-graph"
     uses_graph = True
 
 
-@register
 class CAEKMeans(AEKMeans):
     name, conv = "cae-kmeans", True
 
 
-@register
 class CDEC(DEC):
     name, conv = "cdec", True
 
 
-@register
 class CIDEC(IDEC):
     name, conv = "cidec", True

@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..data.dataset import UltrasoundDataset
 from ..data.sampler import make_loader
@@ -18,7 +17,8 @@ from ..eval.inference import infer
 from ..models.heads import build_classifier
 from ..train.loop import OptimConfig, TrainConfig, Trainer
 from .features import kmeans
-from .registry import Assignment, Baseline, FitContext, check_positive, one_hot, register
+from .registry import Assignment, Baseline, FitContext, check_positive, one_hot
+from .steps import DeepClusterStep
 
 
 class UniformPseudoLabelBatches:
@@ -48,7 +48,6 @@ class UniformPseudoLabelBatches:
             yield [(int(p), int(s)) for p, s in zip(draws[i:i + self.bs], seeds[i:i + self.bs])]
 
 
-@register
 class DeepCluster(Baseline):
     name = "deepcluster"
 
@@ -71,9 +70,8 @@ class DeepCluster(Baseline):
         k = c.over_cluster * ctx.k
         aug = AugmentConfig(size=c.size)
         torch.manual_seed(ctx.seed)
-        model = build_classifier(c.backbone, "multilabel", num_classes=k)
-        model.register_buffer("pseudo", torch.zeros(len(rows), dtype=torch.long))
-        position = {int(r): i for i, r in enumerate(rows)}
+        model = build_classifier(c.backbone, "multilabel", num_classes=k).to(ctx.device)
+        step = DeepClusterStep(rows, ctx.device)
         state = {"features": None}
 
         def recluster(m, epoch: int) -> dict:
@@ -82,20 +80,14 @@ class DeepCluster(Baseline):
             f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
             # one k-means run per epoch, as DeepCluster's faiss k-means (restarts cost epochs on CPU)
             labels, _ = kmeans(f, k, ctx.seed + epoch + 1, n_init=1)
-            before = m.pseudo.cpu().numpy().copy()
-            m.pseudo.copy_(torch.as_tensor(labels))
+            before = step.pseudo.cpu().numpy().copy()
+            step.pseudo.copy_(torch.as_tensor(labels))
             m.head.fc.reset_parameters()
             if trainer.optimizer is not None:   # the new head starts without momentum
                 for p in m.head.parameters():
                     trainer.optimizer.state.pop(p, None)
             state["features"] = f
             return {"nmi_prev": nmi(before, labels)}
-
-        def step(net, batch, _):
-            pos = torch.as_tensor([position[int(r)] for r in batch["row"]], device=batch["views"][0].device)
-            logits = net(batch["views"][0])
-            loss = F.cross_entropy(logits, model.pseudo[pos])
-            return loss, {"ce": loss}
 
         cfg = TrainConfig(epochs=c.epochs, optim=OptimConfig(name="sgd", lr=c.lr, momentum=c.momentum,
                                                              weight_decay=c.weight_decay),
@@ -106,13 +98,12 @@ class DeepCluster(Baseline):
 
         trainer = Trainer(model, cfg, step, ctx.out / "deepcluster_checkpoints", ctx.tracker,
                           on_epoch_end=recluster_after)
-        model.to(ctx.device)
         recluster(model, -1)              # pseudo-labels for the first epoch from the initial network
         loader = make_loader(UltrasoundDataset(ds, rows, views=("weak",), aug=aug),
-                             UniformPseudoLabelBatches(model.pseudo, c.batch_size, ctx.seed))
+                             UniformPseudoLabelBatches(step.pseudo, c.batch_size, ctx.seed))
         res = trainer.fit(loader, resume=ctx.resume)
         if state["features"] is None:     # a finished run resumed: redo its last clustering, same seed
             recluster(model, c.epochs - 1)
-        labels = model.pseudo.cpu().numpy()
+        labels = step.pseudo.cpu().numpy()
         return Assignment(one_hot(labels, k), state["features"], {"steps": res.steps, "clusters_used": float(
             len(np.unique(labels)))})

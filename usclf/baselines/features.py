@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UsclfError
-from .registry import Assignment, Baseline, FitContext, check_positive, one_hot, register
+from .registry import Assignment, Baseline, FitContext, check_positive, one_hot
 
 
 def kmeans(F: np.ndarray, k: int, seed: int, n_init: int = 20) -> tuple[np.ndarray, np.ndarray]:
@@ -78,21 +78,17 @@ class _FixedFeatureKMeans(Baseline):
         return Assignment(one_hot(labels, ctx.k), F, {"feature_dims": F.shape[1]})
 
 
-@register
 class KMeansRaw(_FixedFeatureKMeans):
     name, kind = "kmeans", "raw"
 
 
-@register
 class KMeansPCA(_FixedFeatureKMeans):
     name, kind = "pca-kmeans", "pca"
 
 
-@register
 class KMeansHOG(_FixedFeatureKMeans):
     name, kind = "hog-kmeans", "hog"
 
 
-@register
 class KMeansLBP(_FixedFeatureKMeans):
     name, kind = "lbp-kmeans", "lbp"

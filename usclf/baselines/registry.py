@@ -1,8 +1,9 @@
-"""The baseline registry: name -> class. Each class validates its own config section(s) on construction
-and turns images into soft cluster assignments plus the features it clustered."""
+"""The baselines' protocol: a class registered in the one method registry (configs/methods.yaml, family
+`baseline`) validates its config section(s) on construction and turns images into soft cluster assignments plus
+the features it clustered; its training phases run in the shared Trainer with steps on the method protocol
+(steps.py)."""
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsclfError
-from .config import METHODS, BaselineConfig
-
-BASELINES: dict[str, type["Baseline"]] = {}
+from ..methods import BASELINE, method_class
+from .config import BaselineConfig
 
 
 @dataclass
@@ -37,9 +37,8 @@ class Assignment:
 
 
 class Baseline:
-    """Base class: subclasses set `name`, `summary` and implement `fit`."""
+    """Base class: subclasses set `name` (their registry key) and implement `fit`."""
     name = ""
-    summary = ""
 
     def __init__(self, cfg: BaselineConfig):
         self.cfg = cfg
@@ -55,22 +54,11 @@ class Baseline:
         raise NotImplementedError
 
 
-def register(cls: type[Baseline]) -> type[Baseline]:
-    if cls.name in BASELINES or cls.name not in METHODS:
-        raise ValueError(f"baseline {cls.name}: registered twice or missing from config.METHODS")
-    cls.summary = METHODS[cls.name]
-    BASELINES[cls.name] = cls
-    return cls
-
-
 def get_baseline(cfg: BaselineConfig) -> Baseline:
-    """The configured baseline, validated."""
-    for module in ("dec", "dcec", "deepcluster", "features"):  # importing them registers the methods
-        importlib.import_module(f"{__package__}.{module}")
-
-    if cfg.method not in BASELINES:
-        raise UsclfError(f"unknown baseline '{cfg.method}'; valid: {', '.join(sorted(BASELINES))}")
-    return BASELINES[cfg.method](cfg)
+    """The configured baseline, validated; one-line error for a name the registry does not hold."""
+    if cfg.method not in BASELINE:
+        raise UsclfError(f"unknown baseline '{cfg.method}'; valid: {', '.join(sorted(BASELINE))}")
+    return method_class("baseline", cfg.method)(cfg)
 
 
 def one_hot(labels: np.ndarray, k: int) -> np.ndarray:

@@ -124,8 +124,8 @@ def _semisup(p):
 
 
 def _baseline_help() -> str:
-    from ..baselines.config import METHODS  # light module: no torch import for --help
-    return "; ".join(f"{name}: {text}" for name, text in METHODS.items())
+    from ..methods import help_text  # import-light catalogue: no torch import for --help
+    return help_text("baseline")
 
 
 @command("baseline", "classic clustering baselines (k-means on pixels/PCA/HOG/LBP, AE + k-means, DEC, IDEC, "

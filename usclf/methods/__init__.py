@@ -24,7 +24,7 @@ def _load_registry(path: Path = REGISTRY_FILE) -> dict[str, dict[str, tuple[str,
     except (OSError, yaml.YAMLError) as e:
         raise UsclfError(f"cannot read the method registry {path}: {e}") from e
     tables: dict[str, dict[str, tuple[str, str, dict[str, str]]]] = {}
-    for family in ("semisup", "pretrain", "finetune"):
+    for family in ("semisup", "pretrain", "finetune", "baseline"):
         entries = (raw or {}).get(family) or {}
         for name, spec in entries.items():
             if not isinstance(spec, dict) or ":" not in str(spec.get("class", "")):
@@ -38,11 +38,12 @@ def _load_registry(path: Path = REGISTRY_FILE) -> dict[str, dict[str, tuple[str,
 
 
 _TABLES = _load_registry()
-SEMISUP, PRETRAIN, FINETUNE = _TABLES["semisup"], _TABLES["pretrain"], _TABLES["finetune"]
+SEMISUP, PRETRAIN, FINETUNE, BASELINE = (_TABLES[f] for f in ("semisup", "pretrain", "finetune", "baseline"))
 
 
 def method_class(kind: str, name: str):
-    """The registered class for `name` of `kind` ('semisup' | 'pretrain' | 'finetune'); one-line error when unknown."""
+    """The registered class for `name` of `kind` ('semisup' | 'pretrain' | 'finetune' | 'baseline'); one-line
+    error when unknown."""
     table = _TABLES[kind]
     if name not in table:
         raise UsclfError(f"unknown {kind} method '{name}'; valid: {', '.join(table)}")
