@@ -14,3 +14,15 @@ def test_pipeline_bench_prints_the_step_ratio_and_the_loader_rates(capsys):
     assert ratio and float(ratio.group(1)) > 0, out
     for line in ("raw model step (random tensors)", "loader from the uint8 cache", "naive decode-every-step loader"):
         assert line in out, (line, out)
+
+
+
+def test_decode_rate_counts_the_images_predict_predicts(tmp_path):
+    """The predict bench's decode-alone rate is over the same images `usclf predict` predicts from the folders."""
+    from usclf.data.simulate import SimulateConfig, simulate
+    from usclf.predict.run import bench_predict
+    from usclf.studies.bench import decode_rate
+
+    simulate(tmp_path / "raw", SimulateConfig(exams=2, size=48, seed=0), progress=False)
+    rate, n = decode_rate(tmp_path / "raw", 32)
+    assert rate > 0 and n == bench_predict(tmp_path / "raw", tmp_path, batch_size=8, size=32)["images"] > 0

@@ -24,13 +24,14 @@ from usclf.models.heads import build_classifier
 VIEWS = {"pretrain (weak+weak)": ("weak", "weak"), "semisup unlabelled (weak+strong)": ("weak", "strong")}
 
 
-def timed(fn, min_seconds: float = 3.0, warmup: int = 1) -> tuple[int, float]:
-    """Run fn() (returning an item count) repeatedly for at least min_seconds; (items, seconds)."""
+def timed(fn, min_seconds: float = 3.0, warmup: int = 1, min_calls: int = 1) -> tuple[int, float]:
+    """Run fn() (returning an item count) repeatedly for at least min_seconds and min_calls; (items, seconds)."""
     for _ in range(warmup):
         fn()
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < min_seconds:
+    n, calls, t0 = 0, 0, time.perf_counter()
+    while time.perf_counter() - t0 < min_seconds or calls < min_calls:
         n += fn()
+        calls += 1
     return n, time.perf_counter() - t0
 
 
