@@ -159,3 +159,34 @@ def test_settings_reach_the_method_configs_and_name_only_what_a_method_uses(tmp_
     assert specs.config_items("ae.epochs=5 data=x.npz") == ["ae.epochs=5"]
     assert mod._section_epochs(["ae=5", "idcec=9"]) == {"ae": 5, "idcec": 9}
     assert mod._section_epochs(["foo=5"]) is None and mod._section_epochs(["dcec"]) is None
+
+
+def test_abdomen_us_layout_is_ingested_once_and_scored_with_its_matched_test_f1(tmp_path, mlflow_uri, monkeypatch):
+    """Issue 27 item 4's shape on a simulated exam folder: k-means and LSD (as a baseline) cluster every frame;
+    each row carries NMI on the labelled frames and the matched weighted F1 of the test split; the report has
+    the F1 column; a rerun reuses the ingested data and skips the cells."""
+    from usclf.data.simulate import SimulateConfig, simulate
+
+    simulate(tmp_path / "exams", SimulateConfig(exams=12, size=48, seed=3), progress=False)
+    monkeypatch.setitem(specs.DATASETS, "abdomen_us", specs.DATASETS["abdomen_us"]._replace(ingest={
+        "size": 32, "split": {"unlabeled": 4, "train": 4, "val": 2, "test": 2}}))
+    res, out = tmp_path / "results.csv", tmp_path / "out"
+    over = ["clusternet.size=32", "clusternet.epochs=2", "clusternet.exams_per_batch=4", "features.n_init=2"]
+    kw = dict(data=tmp_path / "exams", seeds=[0], methods=["kmeans", "lsd"], dataset="abdomen_us", overrides=over,
+              results=res, tracking_uri=mlflow_uri)
+    new = mod.run(out, **kw)
+    rows = pd.read_csv(res, keep_default_na=False)
+    assert list(rows["method"]) == ["kmeans", "lsd"] and len(new) == 2
+    assert rows["test_f1"].astype(float).between(0, 1).all() and rows["nmi"].astype(float).between(0, 1).all()
+    man = pd.read_csv(out / "dataset" / "manifest_split_seed0.csv")
+    assert set(man["split"]) == {"unlabeled", "train", "val", "test"}
+    stamp = (out / "dataset" / "images.npy").stat().st_mtime_ns
+    assert mod.run(out, **kw) == []                                          # finished cells are skipped
+    assert [r["method"] for r in mod.run(out, **{**kw, "methods": ["kmeans", "pica"]})] == ["pica"]
+    assert (out / "dataset" / "images.npy").stat().st_mtime_ns == stamp        # on the data ingested once
+    md = tmp_path / "b.md"
+    assert mod.main(["--report", str(md), "--results", str(res)]) == 0
+    section = md.read_text().split("## abdomen_us")[1].split("\n## ")[0]
+    assert "test weighted F1" in section and "| lsd |" in section and "| pica |" in section
+    assert "no paper table" in section
+    assert "- not run: kmeans, deepcluster, pica, lsd (seeds 0 1 2)" in section   # at the default lengths

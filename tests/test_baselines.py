@@ -45,7 +45,7 @@ def blobs_npz(path, per_class=40, seed=0):
 def test_registry_holds_exactly_the_documented_methods():
     from usclf.methods import BASELINE, help_text, method_class
     # the one method registry (configs/methods.yaml) holds every baseline, listed by `usclf baseline --help`
-    assert len(BASELINE) == 14 and all(issubclass(method_class("baseline", m), Baseline) for m in BASELINE)
+    assert len(BASELINE) == 16 and all(issubclass(method_class("baseline", m), Baseline) for m in BASELINE)
     assert all(method_class("baseline", m).name == m and get_baseline(BaselineConfig(method=m)).name == m
                for m in BASELINE)
     assert "idcec: IDCEC: DCEC with input noise" in help_text("baseline")

@@ -120,6 +120,18 @@ class DeepClusterConfig:
 
 
 @dataclass
+class ClusterNetConfig:
+    """PICA / LSD as baselines: configs/pretrain_lsd.yaml's network and optimiser, at the DeepCluster input size."""
+    backbone: str = "resnet18"
+    size: int = 64              # as deepcluster.size (pretrain_lsd.yaml: 128)
+    epochs: int = 100           # pretrain_lsd.yaml: 100 epochs of exam-level batches
+    exams_per_batch: int = 16   # pretrain_lsd.yaml: 16 exams x <= 16 images a batch (paper Sec. 2.2.2)
+    max_images_per_exam: int = 16
+    lr: float = 1.0e-4          # pretrain_lsd.yaml: Adam 1e-4 (paper Sec. 3.2)
+    options: dict = field(default_factory=dict)   # the method's options (configs/methods.yaml), e.g. {lam: 2.0}
+
+
+@dataclass
 class BaselineConfig:
     """One baseline clustering run: fit on `fit_splits`, then the shared matching + evaluation."""
     method: str = "dec"         # see `usclf baseline --help` for the registry
@@ -144,3 +156,4 @@ class BaselineConfig:
     dcec: DCECConfig = field(default_factory=DCECConfig)
     idcec: IDCECConfig = field(default_factory=IDCECConfig)
     deepcluster: DeepClusterConfig = field(default_factory=DeepClusterConfig)
+    clusternet: ClusterNetConfig = field(default_factory=ClusterNetConfig)

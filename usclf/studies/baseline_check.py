@@ -1,5 +1,6 @@
 """Clustering baselines against their papers' tables, in resumable cells: BreastMNIST (paper 000 Table 2),
-USPS and MNIST-test (paper 004 Tables 3 and 2).
+USPS and MNIST-test (paper 004 Tables 3 and 2); and on real abdominal ultrasound (abdomen_us: k-means,
+DeepCluster, PICA and LSD on the same frames, scored alike, with the matched test F1).
 
     python pipelines/baseline_check.py --dataset breastmnist --seeds 0 1 2
     python pipelines/baseline_check.py --dataset usps --methods kmeans dec idec --seeds 0 1 2
@@ -16,7 +17,8 @@ missing, and its times hold the pretraining); IDEC + graph, DCEC and IDCEC pretr
 Settings: --ae-epochs N (every autoencoder), --epochs SECTION=N (ae: AE + k-means / DEC / IDEC / IDEC + graph;
 cae; dcec; idcec), --set KEY=VALUE (any baseline setting, e.g. dcec.cluster.max_steps=500). Those a method
 uses are its cells' `settings` (empty: the papers' / official codes' lengths). Protocols: breastmnist: all
-780 images, K = 2; usps: all 9298 images, K = 10; mnist-test: the 10000 test images, K = 10.
+780 images, K = 2; usps: all 9298 images, K = 10; mnist-test: the 10000 test images, K = 10; abdomen_us: all
+610 frames ingested once at 64 px (subject-disjoint split 7 / 2 / 1 / 1), K = the label combinations.
 """
 from __future__ import annotations
 
@@ -40,14 +42,14 @@ from usclf.data.adapters import from_npz
 from usclf.errors import UsclfError
 from usclf.stages.baseline import baseline
 from usclf.studies.baseline_report import write_report
-from usclf.studies.baseline_specs import (DATASETS, DIGITS, EXPERIMENT, METRICS, ORDER, SHARED, cell_settings,
+from usclf.studies.baseline_specs import (ABDOMEN, DATASETS, DIGITS, EXPERIMENT, METRICS, ORDER, SHARED, cell_settings,
                                           config_items, method_config, read_results, setting_items)
 from usclf.studies.entry import study_lock
 from usclf.studies.machine import machine_fingerprint
 from usclf.tracking import Tracker
 
 COLUMNS = ["dataset", "method", "seed", "acc", "nmi", "ari", "top_cluster", "wall_s", "cpu_s", "resumed", "machine",
-           "settings", "command", "commit"]
+           "settings", "command", "commit", "test_f1"]   # test_f1 came last, so older rows read it as ''"
 RESULTS = Path("docs/baselines/results.csv")
 REPORT = Path("docs/baselines.md")
 REPO = Path(__file__).resolve().parents[2]
@@ -96,10 +98,24 @@ def cell_dir(out: Path, settings: str, seed: int, method: str) -> Path:
     return Path(out) / tag / f"seed{seed}" / method
 
 
-def _adapt(data: Path, root: Path) -> None:
+def _adapt(data: Path, root: Path, spec) -> None:
+    """The .npz adapted, or the exam folder (DATA/export, else DATA, with DATA/labels.csv) ingested and split,
+    into `root` once."""
     meta = root / "dataset.json"
-    if not meta.is_file() or json.loads(meta.read_text()).get("source") != data.name:
-        from_npz(data, root)
+    if spec.ingest is None:
+        if not meta.is_file() or json.loads(meta.read_text()).get("source") != data.name:
+            from_npz(data, root)
+        return
+    marker = root / "ingested_from.txt"
+    if meta.is_file() and marker.is_file() and marker.read_text() == str(data.resolve()):
+        return
+    from usclf.data.ingest import IngestConfig, ingest
+    from usclf.data.splits import SplitConfig, split_dataset
+    src = data / "export" if (data / "export").is_dir() else data
+    ingest(src, root, data / "labels.csv", IngestConfig(**{k: v for k, v in spec.ingest.items() if k != "split"}),
+           progress=False)
+    split_dataset(root, SplitConfig(**spec.ingest["split"]))
+    marker.write_text(str(data.resolve()))
 
 
 def run(out: Path, data: Path | None = None, seeds: list[int] = (0, 1, 2), methods: list[str] | None = None,
@@ -113,8 +129,9 @@ def run(out: Path, data: Path | None = None, seeds: list[int] = (0, 1, 2), metho
     methods, seeds, out, results = list(methods or spec.methods), list(seeds), Path(out), Path(results)
     if not seeds:
         raise UsclfError("baseline_check: give at least one seed")
-    if not data.is_file():
-        raise UsclfError(f"baseline_check: {data} not found (see ../shared/data/README.md)")
+    if not (data.is_dir() and (data / "labels.csv").is_file() if spec.ingest else data.is_file()):
+        want = "an exam folder with labels.csv" if spec.ingest else "an .npz"
+        raise UsclfError(f"baseline_check: {data} not found or not {want} (see ../shared/data/README.md)")
     items = setting_items(ae_epochs, epochs, overrides)
     method_config(methods[0], 0, data, out, spec, [f"{k}={v}" for k, v in items.items()])  # bad keys: fail now
     note = "" if data.resolve() == default.resolve() else str(data)
@@ -127,7 +144,7 @@ def run(out: Path, data: Path | None = None, seeds: list[int] = (0, 1, 2), metho
     todo = [c for c in todo if (dataset, *c) not in done]
     if not todo:
         return []
-    _adapt(data, out / "dataset")
+    _adapt(data, out / "dataset", spec)
     who, at, new = machine_fingerprint(short=True), commit(), []
     params = {"dataset": dataset, "data": str(data), "seeds": seeds, "methods": methods, "settings": items}
     with Tracker(tracking_uri, EXPERIMENT, f"{dataset}-{spec.table.lower().replace(' ', '')}", params) as parent:
@@ -145,7 +162,8 @@ def run(out: Path, data: Path | None = None, seeds: list[int] = (0, 1, 2), metho
             row = {"dataset": dataset, "method": m, "seed": seed, **{k: f"{met[f'all/{k}']:.6f}" for k in METRICS},
                    "top_cluster": f"{share:.4f}", "wall_s": f"{wall:.1f}", "cpu_s": f"{cpu:.1f}",
                    "resumed": "yes" if resume else "", "machine": who, "settings": settings,
-                   "command": command, "commit": at}
+                   "command": command, "commit": at,
+                   "test_f1": f"{met['test/weighted_f1']:.6f}" if "test/weighted_f1" in met else ""}
             key = (dataset, m, seed, settings)
             if key not in done:
                 append_result(results, row)
@@ -189,10 +207,11 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="breastmnist", choices=list(DATASETS), help="paper table to reproduce")
-    p.add_argument("--data", help="the dataset's .npz (default: its file below ../shared/data)")
+    p.add_argument("--data", help="the dataset's .npz, or for abdomen_us a folder of exams (export/ or the folder "
+                   "itself) with labels.csv (default: its file below ../shared/data)")
     p.add_argument("--out", help="checkpoints and run folders (default: baseline_check_out/DATASET)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds (default 0 1 2)")
-    every = list(dict.fromkeys(ORDER + DIGITS))
+    every = list(dict.fromkeys(ORDER + DIGITS + ABDOMEN))
     defaults = "; ".join(f"{d}: {' '.join(s.methods)}" for d, s in DATASETS.items())
     p.add_argument("--methods", nargs="+", choices=every, metavar="METHOD",
                    help=f"baselines to run, of {' '.join(every)} (default: the dataset's: {defaults})")

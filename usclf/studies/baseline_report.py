@@ -49,6 +49,8 @@ def _row(method: str, settings: str, cells: list[dict], spec: Spec) -> str:
     cpu_text = f"; CPU {statistics.fmean(cpu):.0f}" if cpu else ""
     resumed = " (resumed*)" if any(c.get("resumed") for c in cells) else ""
     seeds = " ".join(sorted((c["seed"] for c in cells), key=int))
+    if spec.ingest is not None:     # a data set scored like every usclf model: its matched test F1 too
+        parts.append(_summary([float(c["test_f1"]) for c in cells if c.get("test_f1")] or [math.nan], 3))
     return (f"| {method} | {settings and f'`{settings}`' or 'papers'} | {seeds} | " + " | ".join(parts)
             + f" | {min(top):.2f}–{max(top):.2f} | {statistics.fmean(wall):.0f} [{min(wall):.0f}, {max(wall):.0f}]"
             + f"{cpu_text}{resumed} |")
@@ -70,7 +72,8 @@ def _not_run(name: str, spec: Spec, rows: list[dict]) -> list[str]:
 def dataset_section(name: str, rows: list[dict]) -> str:
     """One data set's Markdown section from its rows of the results file."""
     spec = DATASETS[name]
-    unit = "% (ACC, NMI and ARI x 100, as paper 000)" if spec.scale == 100 else "fractions (as paper 004)"
+    unit = "% (ACC, NMI and ARI x 100, as paper 000)" if spec.scale == 100 else \
+        "fractions (as paper 004)" if spec.numbers else "fractions"
     groups = defaultdict(list)
     for r in rows:
         groups[(r["method"], r["settings"])].append(r)
@@ -78,11 +81,14 @@ def dataset_section(name: str, rows: list[dict]) -> str:
     keys = sorted(groups, key=lambda k: (order.get(k[0], len(order)), k[0], k[1]))
     head = " | ".join(f"{k.upper()} mean ± sd [min, max] | paper" + (" | Δ ACC" if k == "acc" else "")
                       for k in METRICS)
-    lines = [f"## {spec.title} ({name}): paper {spec.paper} {spec.table}", "",
-             f"Clustered: {spec.clustered}, K = {spec.k}; values in {unit}.", ""]
+    title = f"paper {spec.paper} {spec.table}" if spec.numbers else f"no paper table (paper {spec.paper}: own data)"
+    k = spec.k if spec.k is not None else "the number of label combinations among the labelled images"
+    lines = [f"## {spec.title} ({name}): {title}", "", f"Clustered: {spec.clustered}, K = {k}; values in {unit}.", ""]
+    if spec.ingest is not None:
+        head += " | test weighted F1 mean ± sd [min, max]"
     if keys:
         lines += [f"| method | settings | seeds | {head} | largest cluster | wall s / cell mean [min, max]; CPU s |",
-                  "|" + "---|" * 12]
+                  "|" + "---|" * (12 + (spec.ingest is not None))]
         lines += [_row(m, s, sorted(groups[(m, s)], key=lambda c: int(c["seed"])), spec) for m, s in keys]
         lines.append("")
     lines += _not_run(name, spec, rows)

@@ -10,13 +10,15 @@ from usclf.baselines.config import BaselineConfig
 
 NAN = float("nan")
 EXPERIMENT = "usclf-baseline-check"
+ABDOMEN = ["kmeans", "deepcluster", "pica", "lsd"]
 ORDER = ["kmeans", "pca-kmeans", "hog-kmeans", "lbp-kmeans", "ae-kmeans", "dec", "idec", "idec-graph"]
 DIGITS = ["kmeans", "ae-kmeans", "dec", "idec", "dcec", "idcec"]
 METRICS = ("acc", "nmi", "ari")
 SECTION = {"ae-kmeans": "ae", "dec": "ae", "idec": "ae", "idec-graph": "ae", "cae-kmeans": "cae",
-           "cdec": "cae", "cidec": "cae", "dcec": "dcec", "idcec": "idcec"}   # method -> its autoencoder
+           "cdec": "cae", "cidec": "cae", "dcec": "dcec", "idcec": "idcec",   # method -> its autoencoder
+           "deepcluster": "deepcluster", "pica": "clusternet", "lsd": "clusternet"}   # (or its network)
 CLUSTERING = {"dec", "idec", "idec-graph", "cdec", "cidec"}                # use the `dec` section
-CONFIG_SECTIONS = {"features", "ae", "cae", "dec", "graph", "dcec", "idcec", "deepcluster"}
+CONFIG_SECTIONS = {"features", "ae", "cae", "dec", "graph", "dcec", "idcec", "deepcluster", "clusternet"}
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 _P004 = "not stated in paper 004 (Sec. 4.5: each baseline's own published settings)"
 PAPER_004_LENGTHS = {"dec": _P004, "idec": _P004, "dcec": _P004 + "; official DCEC code: AE 200 ep, <= 20000 steps",
@@ -36,6 +38,7 @@ class Spec(NamedTuple):
     methods: list[str]
     lengths: dict                   # method -> the paper's training lengths, as text
     clustered: str                  # which images, in words
+    ingest: dict | None = None      # a folder of exams (export/ + labels.csv): ingest + split settings
 
 
 DATASETS = {
@@ -49,6 +52,15 @@ DATASETS = {
                  {"kmeans": (0.668, 0.626, 0.545), "dec": (0.733, 0.706, 0.637), "idec": (0.762, 0.756, 0.679),
                   "dcec": (0.790, 0.826, 0.764), "idcec": (0.812, 0.858, 0.772)}, 1.0, DIGITS, PAPER_004_LENGTHS,
                  "all 9298 images (x_train + x_test)"),
+    # issue 27 item 4: no paper table (paper 002's DeepMCAT numbers are on its own, unreleased data); every
+    # method clusters all frames of the 11 subjects (labels never used in fitting), K = the label combinations
+    "abdomen_us": Spec("abdomen_us, real abdominal ultrasound", "", "abdomen_us", ["all"], None, "002", {}, 1.0, ABDOMEN,
+                       {"deepcluster": "paper 002: 200 epochs, batch 256, SGD 0.05"},
+                       "all 610 frames of the 11 subjects (labels never used in fitting); ACC / NMI / ARI on the "
+                       "60 labelled frames; test weighted F1 on the test subject, clusters matched to labels and "
+                       "thresholds chosen on the val subject (Algorithm 1, as `usclf evaluate`)",
+                       {"classes": ["liver", "gallbladder", "kidney", "spleen", "vessels", "other"], "size": 64,
+                        "split": {"unlabeled": 7, "train": 2, "val": 1, "test": 1}}),
     "mnist-test": Spec("MNIST-test", "Table 2", "mnist/mnist_full.npz", ["test"], 10, "004",
                        {"kmeans": (0.542, 0.500, 0.378), "dec": (0.776, 0.724, 0.660), "idec": (0.791, 0.736, 0.666),
                         "dcec": (0.852, 0.809, 0.773), "idcec": (0.923, 0.853, 0.851)}, 1.0, DIGITS,
@@ -102,6 +114,8 @@ def training_lengths(cfg: BaselineConfig) -> str:
     if sec is None:
         return f"k-means n_init {cfg.features.n_init}" if cfg.method.endswith("kmeans") else "see config.yaml"
     c = getattr(cfg, sec)
+    if sec in ("deepcluster", "clusternet"):
+        return f"{c.epochs} ep at {c.size} px"
     text = f"AE {c.epochs} ep"
     if sec in ("dcec", "idcec"):
         text += f", <= {c.cluster.max_steps} steps"
