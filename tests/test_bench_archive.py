@@ -12,7 +12,7 @@ from usclf.studies.bench import main
 
 @pytest.mark.slow
 def test_archive_bench_runs_every_step_tiny(tmp_path, capsys):
-    assert main(["archive", "--frames", "60", "--seconds", "0.2", "--batch", "8", "--tmp", str(tmp_path)]) == 0
+    assert main(["archive", "--frames", "60", "--seconds", "0.2", "--batch", "8", "--tmp", str(tmp_path / "new" / "scratch")]) == 0  # created
     out = capsys.readouterr().out
     for line in ("export:", "ingest workers=0", "ingest workers=2", "cache at 224 px", "model forward alone",
                  "predict tenth", "predict all", "peak RSS all / tenth"):
@@ -24,4 +24,4 @@ def test_archive_bench_runs_every_step_tiny(tmp_path, capsys):
     assert len(images) == 2 and 0 < images[0] < images[1]
     ratio = float(re.search(r"peak RSS all / tenth: ([\d.]+)", out).group(1))
     assert ratio <= 1.2, out
-    assert not list(tmp_path.iterdir())          # scratch data removed
+    assert not list((tmp_path / "new" / "scratch").iterdir())   # scratch data removed (the folder was created)

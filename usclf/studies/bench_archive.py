@@ -113,6 +113,8 @@ def bench_archive(args) -> dict:
     backends = ["cpu", "device"] if "backend" in AugmentConfig.__dataclass_fields__ else ["cpu"]
     print(f"archive bench: ~{n} frames at {SIZE} px, torch {torch.__version__}, threads {torch.get_num_threads()},"
           f" {os.cpu_count()} cores, device cpu")
+    if args.tmp:
+        Path(args.tmp).mkdir(parents=True, exist_ok=True)   # a scratch folder named on the command line may be new
     with tempfile.TemporaryDirectory(dir=args.tmp) as d:
         tmp = Path(d)
         t0 = time.perf_counter()
