@@ -238,7 +238,7 @@ def section(run: Path, img_dir: Path) -> str:
     per_class = class_f1_table(run, res)
     if per_class:
         parts += ["### Test F1 per class (mean over seeds x splits)", "", per_class, ""]
-    if pre is not None:
+    if pre is not None and not pre.empty:   # a random-init-only study pretrains nothing
         parts += ["### Deep clustering: PICA vs LSD (paper Table 1 layout)", "", pretrain_table(pre), "",
                   PAPER_TABLE1, ""]
     return "\n".join(parts)
