@@ -17,8 +17,8 @@ missing, and its times hold the pretraining); IDEC + graph, DCEC and IDCEC pretr
 Settings: --ae-epochs N (every autoencoder), --epochs SECTION=N (ae: AE + k-means / DEC / IDEC / IDEC + graph;
 cae; dcec; idcec), --set KEY=VALUE (any baseline setting, e.g. dcec.cluster.max_steps=500). Those a method
 uses are its cells' `settings` (empty: the papers' / official codes' lengths). Protocols: breastmnist: all
-780 images, K = 2; usps: all 9298 images, K = 10; mnist-test: the 10000 test images, K = 10; abdomen_us: all
-610 frames ingested once at 64 px (subject-disjoint split 7 / 2 / 1 / 1), K = the label combinations.
+780 images, K = 2; usps: all 9298 images, K = 10; mnist-test: the 10000 test images, K = 10; abdomen_us: the
+460 frames of the subject split (ingested once at 64 px, subjects 7 / 2 / 1 / 1), K = the label combinations.
 """
 from __future__ import annotations
 

@@ -56,7 +56,8 @@ DATASETS = {
     # method clusters all frames of the 11 subjects (labels never used in fitting), K = the label combinations
     "abdomen_us": Spec("abdomen_us, real abdominal ultrasound", "", "abdomen_us", ["all"], None, "002", {}, 1.0, ABDOMEN,
                        {"deepcluster": "paper 002: 200 epochs, batch 256, SGD 0.05"},
-                       "all 610 frames of the 11 subjects (labels never used in fitting); ACC / NMI / ARI on the "
+                       "the 460 frames of the subject split (the 400 of the 7 unlabelled subjects and the 60 "
+                       "labelled frames of the other 4; labels never used in fitting); ACC / NMI / ARI on the "
                        "60 labelled frames; test weighted F1 on the test subject, clusters matched to labels and "
                        "thresholds chosen on the val subject (Algorithm 1, as `usclf evaluate`)",
                        {"classes": ["liver", "gallbladder", "kidney", "spleen", "vessels", "other"], "size": 64,
