@@ -9,7 +9,6 @@ import torch
 from ..data.dataset import UltrasoundDataset
 from ..data.sampler import ExamBatchSampler, make_loader
 from ..data.transforms import AugmentConfig
-from ..errors import UsclfError
 from ..eval.inference import infer
 from ..methods import method_class
 from ..models.heads import build_classifier
@@ -26,10 +25,6 @@ class _ClusterNet(Baseline):
                           "clusternet.exams_per_batch": c.exams_per_batch,
                           "clusternet.max_images_per_exam": c.max_images_per_exam})
         method_class("pretrain", self.name)(c.options)   # unknown or bad options: one line, before any run
-
-    def check(self, images: np.ndarray, k: int) -> None:
-        if images.ndim != 3:
-            raise UsclfError(f"{self.name}: needs gray images N x H x W, got {images.shape}")
 
     def fit(self, images: np.ndarray, ctx: FitContext) -> Assignment:
         c = self.cfg.clusternet

@@ -49,7 +49,7 @@ from usclf.studies.machine import machine_fingerprint
 from usclf.tracking import Tracker
 
 COLUMNS = ["dataset", "method", "seed", "acc", "nmi", "ari", "top_cluster", "wall_s", "cpu_s", "resumed", "machine",
-           "settings", "command", "commit", "test_f1"]   # test_f1 came last, so older rows read it as ''"
+           "settings", "command", "commit", "test_f1"]   # test_f1 came last: older rows read it empty
 RESULTS = Path("docs/baselines/results.csv")
 REPORT = Path("docs/baselines.md")
 REPO = Path(__file__).resolve().parents[2]

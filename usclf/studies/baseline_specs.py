@@ -53,7 +53,7 @@ DATASETS = {
                   "dcec": (0.790, 0.826, 0.764), "idcec": (0.812, 0.858, 0.772)}, 1.0, DIGITS, PAPER_004_LENGTHS,
                  "all 9298 images (x_train + x_test)"),
     # issue 27 item 4: no paper table (paper 002's DeepMCAT numbers are on its own, unreleased data); every
-    # method clusters all frames of the 11 subjects (labels never used in fitting), K = the label combinations
+    # method clusters the same frames of the subject split (labels never used in fitting), K = the label combinations
     "abdomen_us": Spec("abdomen_us, real abdominal ultrasound", "", "abdomen_us", ["all"], None, "002", {}, 1.0, ABDOMEN,
                        {"deepcluster": "paper 002: 200 epochs, batch 256, SGD 0.05"},
                        "the 460 frames of the subject split (the 400 of the 7 unlabelled subjects and the 60 "
