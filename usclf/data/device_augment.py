@@ -8,7 +8,8 @@ Split in two so that the loader stays cheap and the accelerator does the pixel w
   crop, rotate, shift and jitter identically; the strong draws follow albumentations' samplers (SomeOf
   picks `strong_ops` of the six ops, applied in list order; magnitudes as in `transforms._strong_ops`).
 * `augment_batch(raw, params, cfg)` (device): B x H x W uint8 -> B x 1 x S x S float, normalised. One
-  `grid_sample` for crop+rotation+shift, then elementwise ops and small grouped convolutions. Results
+  `grid_sample` for crop+rotation+shift, then elementwise ops and small grouped convolutions (on a CPU
+  device: the same draws applied per image with cv2 in uint8, which is faster there). Results
   are rounded to uint8 levels where cv2/albumentations round, so the output distribution matches the
   cpu backend's (tests/test_device_augment.py). Speckle noise is a counter-based hash of (view seed,
   pixel), so a view depends on its seed only - not on the batch it lands in, the device or the worker.
@@ -89,14 +90,6 @@ def hash_normal(seeds: torch.Tensor, n: int) -> torch.Tensor:
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2 * math.pi * u2)
 
 
-def _numpy_normal(seeds: torch.Tensor, n: int) -> torch.Tensor:
-    """B x n standard normals from numpy's generator seeded per row (the CPU kernel of `hash_normal`)."""
-    out = np.empty((len(seeds), n), np.float32)
-    for i, sd in enumerate(seeds.tolist()):
-        np.random.default_rng(sd).standard_normal(n, dtype=np.float32, out=out[i])
-    return torch.from_numpy(out)
-
-
 def _conv_per_image(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """x: b x 1 x S x S, k: b x kh x kw (odd) -> correlation of image i with k[i], reflect-101 border."""
     b, _, s, _ = x.shape
@@ -117,8 +110,7 @@ def _gaussian_1d(ksize: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return g / g.sum(1, keepdim=True)
 
 
-def _strong_op(name: str, x: torch.Tensor, p: torch.Tensor, seeds: torch.Tensor,
-               kernels: str = "accel") -> torch.Tensor:
+def _strong_op(name: str, x: torch.Tensor, p: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     """One strong op on uint8-valued float images x (b x 1 x S x S) with per-image parameters p
     (float32) and noise seeds (int64)."""
     c = lambda i: p[:, i].view(-1, 1, 1, 1)  # noqa: E731
@@ -131,7 +123,7 @@ def _strong_op(name: str, x: torch.Tensor, p: torch.Tensor, seeds: torch.Tensor,
         return _q(_conv_per_image(x, g[:, :, None] * g[:, None, :]))
     if name == "speckle":    # clip(img * (1 + sigma * N(0, 1))) truncated to uint8
         s = x.shape[-1]
-        noise = (hash_normal(seeds, s * s) if kernels == "accel" else _numpy_normal(seeds, s * s)).view(-1, 1, s, s)
+        noise = hash_normal(seeds, s * s).view(-1, 1, s, s)
         return (x * (1.0 + c(SPECKLE) * noise)).clamp(0, 255).floor()
     if name == "sharpen":    # albumentations Sharpen(method="kernel") via cv2.filter2D, rounded
         a, light = p[:, SHARP_A], p[:, SHARP_L]
@@ -148,10 +140,10 @@ def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
                   kernels: str | None = None) -> torch.Tensor:
     """raw: B x H x W uint8 (any device); params: B x N_PARAMS (`view_params`) -> B x 1 x S x S float32.
 
-    `kernels`: 'accel' (F.grid_sample warp, hashed speckle noise: what an accelerator runs) or 'cpu'
-    (cv2.warpAffine per image and numpy's normal generator: several times faster on a CPU, and the warp
-    is the cpu backend's own); default: 'cpu' on a CPU device, else 'accel'. Both are deterministic per
-    seed; tests/test_device_augment.py checks the 'accel' kernels on the CPU too.
+    `kernels`: 'accel' (batched torch ops: grid_sample warp, hashed speckle noise; what an accelerator
+    runs) or 'cpu' (per image in uint8 with the cpu backend's own cv2 calls and lookup tables, `cv2_op`:
+    float ops over a whole batch are slower than uint8 tables on a CPU); default: 'cpu' on a CPU device,
+    else 'accel'. Both are deterministic per seed; tests/test_device_augment.py checks both on the CPU.
     """
     kernels = kernels or ("cpu" if raw.device.type == "cpu" else "accel")
     dev, s = raw.device, cfg.size
@@ -160,8 +152,11 @@ def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
     has_cut = bool((params[:, CUT.start + 2] > params[:, CUT.start]).any())
     seeds = params[:, NOISE_SEED].to(torch.int64).to(dev, non_blocking=True)  # float32 cannot hold it
     p = params.to(torch.float32).to(dev, non_blocking=True)
-    if kernels == "cpu":  # warp + gain/brightness per image with cv2 (the cpu backend's own calls)
-        x = _warp_cv2(raw, params.cpu(), s)
+    if kernels == "cpu":  # per image with cv2 in uint8: the cpu backend's calls, without its per-call overhead
+        u8 = _warp_cv2(raw, params.cpu(), s)
+        if bool(sel.any()):
+            _strong_cv2(u8, params.cpu().numpy(), sel.numpy())
+        x = torch.from_numpy(u8)[:, None].to(torch.float32)
     else:  # crop + rotation + shift (+ flip): one bilinear grid_sample, zero border (BORDER_CONSTANT)
         theta = _sampling_theta(params.cpu(), s, h, w)
         grid = F.affine_grid(theta.to(dev, non_blocking=True), [b, 1, s, s], align_corners=False)
@@ -170,14 +165,12 @@ def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
         x.round_()  # cv2 rounds the warp to uint8; a bilinear mix of 0..255 stays in range
         # cv2.convertScaleAbs: saturate(|alpha * x + beta|)
         x.mul_(p[:, ALPHA].view(-1, 1, 1, 1)).add_(p[:, BETA].view(-1, 1, 1, 1)).abs_().round_().clamp_(max=255)
-    if bool(sel.any()):
         for j, name in enumerate(_STRONG_OP_NAMES):  # albumentations' SomeOf applies in list order
             idx = torch.nonzero(sel[:, j]).flatten()
             if len(idx) == 0:
                 continue
             idx = idx.to(dev, non_blocking=True)
-            out = _strong_op(name, x.index_select(0, idx), p.index_select(0, idx), seeds.index_select(0, idx),
-                             kernels)
+            out = _strong_op(name, x.index_select(0, idx), p.index_select(0, idx), seeds.index_select(0, idx))
             x.index_copy_(0, idx, out)
     if has_cut:  # CoarseDropout, fill 0
         cols = torch.arange(s, device=dev, dtype=torch.float32)
@@ -190,7 +183,7 @@ def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
 
 def _warp_cv2(raw: torch.Tensor, params: torch.Tensor, s: int) -> torch.Tensor:
     """Warp (cv2.warpAffine, flip folded into the matrix) and gain/brightness (cv2.convertScaleAbs) of a
-    CPU batch, image by image: exactly the cpu backend's pixels."""
+    CPU batch, image by image: exactly the cpu backend's pixels, as a B x s x s uint8 array."""
     out = np.empty((len(raw), s, s), np.uint8)
     src = raw.numpy()
     p = params.to(torch.float64).numpy()
@@ -203,7 +196,45 @@ def _warp_cv2(raw: torch.Tensor, params: torch.Tensor, s: int) -> torch.Tensor:
         cv2.warpAffine(src[i], mats[i], (s, s), dst=tmp, flags=cv2.INTER_LINEAR,
                        borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         cv2.convertScaleAbs(tmp, dst=out[i], alpha=float(p[i, ALPHA]), beta=float(p[i, BETA]))
-    return torch.from_numpy(out)[:, None].to(torch.float32)
+    return out
+
+
+_LEVELS = np.arange(256, dtype=np.float32)
+
+
+def cv2_op(name: str, img: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """One strong op on an S x S uint8 image with its parameter row q (float64, `view_params`), with the
+    kernels albumentations calls (uint8 lookup tables, cv2 filters, numpy's normal generator); the
+    magnitudes pass through float32 like the accelerator's ops."""
+    f = lambda i: np.float32(q[i])  # noqa: E731
+    if name == "contrast":
+        return cv2.LUT(img, np.floor(np.clip(_LEVELS * f(CONTRAST), 0, 255)).astype(np.uint8))
+    if name == "gamma":
+        lut = np.floor(np.power(_LEVELS / np.float32(255), f(GAMMA)) * np.float32(255) + np.float32(1e-4))
+        return cv2.LUT(img, np.clip(lut, 0, 255).astype(np.uint8))
+    if name == "blur":
+        t = np.arange(-2, 3, dtype=np.float32)
+        g = np.exp(np.float32(-0.5) * (t / f(SIGMA)) ** 2) * (np.abs(t) <= int(q[KSIZE]) // 2)
+        g = (g / g.sum()).astype(np.float32)
+        return cv2.sepFilter2D(img, -1, g, g, borderType=cv2.BORDER_REFLECT_101)
+    if name == "speckle":
+        noise = np.random.default_rng(int(q[NOISE_SEED])).standard_normal(img.shape, dtype=np.float32)
+        return np.clip(img.astype(np.float32) * (np.float32(1) + f(SPECKLE) * noise), 0, 255).astype(np.uint8)
+    if name == "sharpen":
+        a, light = f(SHARP_A), f(SHARP_L)
+        k = np.full((3, 3), -a, np.float32)
+        k[1, 1] = (1 - a) + a * (8 + light)
+        return cv2.filter2D(img, -1, k, borderType=cv2.BORDER_REFLECT_101)
+    if name == "posterize":
+        return img & np.uint8((0xFF << (8 - int(q[BITS]))) & 0xFF)
+    raise ValueError(name)
+
+
+def _strong_cv2(u8: np.ndarray, params: np.ndarray, sel: np.ndarray) -> None:
+    """Each image's chosen strong ops, in list order (albumentations' SomeOf), on the uint8 batch in place."""
+    for i in np.flatnonzero(sel.any(1)):
+        for j in np.flatnonzero(sel[i]):
+            u8[i] = cv2_op(_STRONG_OP_NAMES[j], u8[i], params[i])
 
 
 def _sampling_theta(params: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
