@@ -11,6 +11,7 @@ import pytest
 
 from usclf.studies import baseline_check as mod
 from usclf.studies import baseline_specs as specs
+from usclf.studies.baseline_report import README_MARKS
 
 
 def _tiny_usps(path, per_class: int = 20, seed: int = 0):
@@ -190,3 +191,35 @@ def test_abdomen_us_layout_is_ingested_once_and_scored_with_its_matched_test_f1(
     assert "test weighted F1" in section and "| lsd |" in section and "| pica |" in section
     assert "no paper table" in section
     assert "- not run: kmeans, deepcluster, pica, lsd (seeds 0 1 2)" in section   # at the default lengths
+
+
+def test_report_rebuilds_the_readme_table_between_its_markers_only(tmp_path):
+    def row(dataset, method, seed, acc, nmi, machine, settings="", test_f1=""):
+        r = dict.fromkeys(mod.COLUMNS, "")
+        r.update(dataset=dataset, method=method, seed=str(seed), acc=f"{acc:.6f}", nmi=f"{nmi:.6f}", ari="0.5",
+                 top_cluster="0.2", wall_s="1.0", machine=machine, settings=settings, test_f1=test_f1)
+        return r
+    amd, intel = "AMD EPYC; torch CPU AVX2; 2 threads", "Intel(R) Xeon(R) Processor; torch CPU AVX512; 2 threads"
+    rows = [row("usps", "dec", 0, 0.74, 0.75, intel), row("usps", "dec", 1, 0.76, 0.77, intel),
+            row("usps", "dec", 2, 0.60, 0.60, intel, settings="ae.epochs=2"),       # not the papers' settings
+            row("breastmnist", "kmeans", 0, 0.55, 0.0107, amd),
+            row("abdomen_us", "lsd", 0, 0.3, 0.28, intel, test_f1="0.150000")]
+    res = tmp_path / "results.csv"
+    pd.DataFrame(rows, columns=mod.COLUMNS).to_csv(res, index=False)
+    before, after = "# usclf\n\nintro\n\n", "\n\n## The commands\n"
+    old_table = "| stale | table |"
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{before}{README_MARKS[0]}\n{old_table}\n{README_MARKS[1]}{after}")
+    assert mod.main(["--report", str(tmp_path / "b.md"), "--results", str(res), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith(before) and text.endswith(after) and old_table not in text
+    lines = text.splitlines()
+    assert "| USPS, K = 10 | dec | 0 1 | 0.750 ± 0.014 | 0.733 | 0.760 ± 0.014 | 0.706 | – | Intel Xeon |" in lines
+    assert "| BreastMNIST, K = 2 (%) | kmeans | 0 (one seed) | 55.00 | 55.00 | 1.07 | – | – | AMD EPYC |" in lines
+    assert any(line.startswith("| abdomen_us") and "| 0.150 | Intel Xeon |" in line for line in lines)
+    assert "0.600" not in text and text.count(README_MARKS[0]) == 1       # other settings stay in docs only
+    # a README without the markers is left alone
+    plain = tmp_path / "PLAIN.md"
+    plain.write_text("no markers\n")
+    assert mod.main(["--report", str(tmp_path / "b.md"), "--results", str(res), "--readme", str(plain)]) == 0
+    assert plain.read_text() == "no markers\n"

@@ -41,7 +41,7 @@ import numpy as np
 from usclf.data.adapters import from_npz
 from usclf.errors import UsclfError
 from usclf.stages.baseline import baseline
-from usclf.studies.baseline_report import write_report
+from usclf.studies.baseline_report import update_readme, write_report
 from usclf.studies.baseline_specs import (ABDOMEN, DATASETS, DIGITS, EXPERIMENT, METRICS, ORDER, SHARED, cell_settings,
                                           config_items, method_config, read_results, setting_items)
 from usclf.studies.entry import study_lock
@@ -224,6 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(RESULTS), help=f"results file, one row per cell (default {RESULTS})")
     p.add_argument("--report", nargs="?", const=str(REPORT), metavar="PATH",
                    help=f"only rebuild the Markdown report (default {REPORT}) from --results; trains nothing")
+    p.add_argument("--readme", default="README.md", help="with --report: the README whose generated baselines "
+                   "table (between its markers) is rebuilt from --results too (default README.md; none: skipped)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     a = p.parse_args(argv)
     epochs = _section_epochs(a.epochs)
@@ -233,6 +235,8 @@ def main(argv=None) -> int:
         if a.report:
             write_report(Path(a.results), Path(a.report))
             print(f"baseline_check: {a.report} rebuilt from {a.results}")
+            if update_readme(Path(a.results), Path(a.readme)):
+                print(f"baseline_check: {a.readme}'s baselines table rebuilt from {a.results}")
             return 0
         out = Path(a.out or Path("baseline_check_out") / a.dataset)
         with study_lock("baseline-check", out):
