@@ -166,6 +166,48 @@ def test_ema_teacher_makes_the_pseudo_labels():
         m_t(student, batch, StepContext(0, 0, 0, torch.device("cpu")))
 
 
+class BNNet(TinyNet):
+    def __init__(self, seed):
+        super().__init__(seed)
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return super().forward(self.bn(x.flatten(1)))
+
+
+def test_separate_forward_keeps_the_labelled_loss_off_the_unlabelled_batch_statistics():
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor(Y_LAB, dtype=torch.float)
+    x = torch.randn(6, 1, 2, 2, generator=g)
+
+    def batch(shift):  # unlabelled images whose statistics differ from the labelled ones by `shift`
+        weak, strong = (torch.randn(5, 1, 2, 2, generator=g) + shift for _ in range(2))
+        return {"labeled": {"views": [x], "y": y}, "unlabeled": {"views": [weak, strong]}}
+
+    def method(forward):
+        setup = MethodSetup(classes=["a", "b"], y_labeled=Y_LAB, tau=0.0, forward=forward)
+        return method_class("semisup", "fixmatch-twohead")(setup)
+
+    joint, separate = method("joint"), method("separate")
+    near, far = batch(0.0), batch(5.0)
+    # without BatchNorm the two are the same step
+    net = TinyNet(0)
+    assert joint(net, near, None)[0].item() == pytest.approx(separate(net, near, None)[0].item(), abs=1e-6)
+    # with BatchNorm: separate normalises the labelled images by their own statistics only
+    sup = {}
+    for name, m in (("joint", joint), ("separate", separate)):
+        for b in (near, far):
+            bn = BNNet(0)
+            _, metrics = m(bn, b, None)
+            sup.setdefault(name, []).append(float(metrics["loss_sup"]))
+        assert int(bn.bn.num_batches_tracked) == (1 if name == "joint" else 3)
+    alone, _ = joint.labeled_loss(BNNet(0)(x), y)
+    assert sup["separate"] == pytest.approx([alone.item()] * 2, abs=1e-6)
+    assert abs(sup["joint"][0] - sup["joint"][1]) > 1e-3       # joint: the unlabelled images move it
+    with pytest.raises(UsclfError, match="forward must be joint or separate"):
+        method("both")
+
+
 def test_diagnostics_count_precision_and_recall_against_truth():
     truth = np.array([[1, 0], [1, 1], [0, 1], [np.nan, np.nan]], dtype=float)
     d = PseudoLabelDiagnostics(["a", "b"], truth)

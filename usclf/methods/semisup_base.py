@@ -35,6 +35,7 @@ class MethodSetup:
     truth: np.ndarray | None = None    # per manifest row, NaN = unknown; diagnostics only
     diagnostics: bool = True           # False: no per-step pseudo-label bookkeeping (no host copy per step)
     unlabeled_rows: np.ndarray | None = None  # manifest rows of the unlabelled pool: a row's index in it is `idx`
+    forward: str = "joint"             # joint | separate: see SemisupConfig.forward
 
 
 def combo_targets(y: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
@@ -68,6 +69,8 @@ class SemisupMethod(Method):
         super().__init__(options)
         if setup.teacher not in ("student", "ema"):
             raise UsclfError(f"teacher must be student or ema, got '{setup.teacher}'")
+        if setup.forward not in ("joint", "separate"):
+            raise UsclfError(f"forward must be joint or separate, got '{setup.forward}'")
         self.vocab: list[tuple[int, ...]] = []
         self.n_ignored = 0
         if self.head == "twohead":
@@ -123,14 +126,22 @@ class SemisupMethod(Method):
         return self.vocab_t.to(combo_ids.device)[combo_ids]
 
     def __call__(self, model, batch, ctx):
-        """The Trainer's step: labelled, weak and strong images in ONE forward pass (BatchNorm sees one batch)."""
+        """The Trainer's step: labelled, weak and strong images in ONE forward pass (BatchNorm sees one batch),
+        or with forward=separate in three (each group normalised by its own batch statistics)."""
         lab, unl = batch["labeled"], batch["unlabeled"]
         x, y = lab["views"][0], lab["y"]
         weak, strong = unl["views"]
         nl, nu = x.shape[0], weak.shape[0]
-        out = model(torch.cat([x, weak, strong]))
-        l_sup, parts = self.labeled_loss(_part(out, 0, nl), y)
-        out_weak = _part(out, nl, nl + nu)
+        if self.setup.forward == "joint":
+            out = model(torch.cat([x, weak, strong]))
+            out_lab, out_weak, out_strong = _part(out, 0, nl), _part(out, nl, nl + nu), _part(out, nl + nu, nl + 2 * nu)
+        else:  # USB's use_cat=False: labelled, strong, then weak without gradient (it only makes targets)
+            if getattr(ctx, "world_size", 1) > 1:
+                raise UsclfError("forward=separate runs on one process only (DDP expects one forward per step)")
+            out_lab, out_strong = model(x), model(strong)
+            with torch.no_grad():
+                out_weak = model(weak)
+        l_sup, parts = self.labeled_loss(out_lab, y)
         teacher = getattr(ctx, "ema", None) if ctx is not None else None
         if self.setup.teacher == "ema":
             if teacher is None:
@@ -138,7 +149,7 @@ class SemisupMethod(Method):
             with torch.no_grad():
                 out_weak = teacher(weak)
         idx = self.pool_index(unl.get("row"))
-        l_u, info = self.unlabeled_loss(out_weak, _part(out, nl + nu, nl + 2 * nu), idx)
+        l_u, info = self.unlabeled_loss(out_weak, out_strong, idx)
         metrics = {"loss_sup": l_sup.detach(), "loss_u": l_u.detach(), "mask_rate": info["mask_rate"],
                    "n_unlabeled": float(nu)}
         metrics.update({f"loss_{k}": v.detach() for k, v in parts.items()})

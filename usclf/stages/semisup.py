@@ -42,7 +42,7 @@ def build_method(cfg: SemisupConfig, ds, lab_rows: np.ndarray, unl_rows: np.ndar
     truth = truth_labels(ds) if cfg.diagnostics else None
     setup = MethodSetup(classes=list(ds.classes), y_labeled=ds.labels(lab_rows).astype(int), tau=cfg.tau,
                         lambda_u=cfg.lambda_u, min_count=cfg.min_count, teacher=cfg.teacher, truth=truth,
-                        diagnostics=cfg.diagnostics, unlabeled_rows=unl_rows)
+                        diagnostics=cfg.diagnostics, unlabeled_rows=unl_rows, forward=cfg.forward)
     return method_class("semisup", cfg.method)(setup, cfg.options)
 
 
@@ -65,6 +65,7 @@ def _build(ctx) -> StagePlan:
                              rank=dist.rank, world_size=dist.world_size, workers=cfg.data.workers, pin_memory=True)
     params = {**run_params("semisup", cfg.method, cfg, ctx, len(lab_rows)), "head": method.meta()["head"],
               "tau": cfg.tau, "lambda_u": cfg.lambda_u, "mu": cfg.mu, "unlabeled_exams_per_step": t_u,
+              "forward": cfg.forward,
               "K": len(method.vocab), "n_ignored_label_sets": method.n_ignored, "teacher": cfg.teacher,
               "max_steps": train_cfg.max_steps, "n_unlabeled_images": len(unl_rows)}
     name = f"semisup-{cfg.method}-{init_kind(cfg.model.init)}-f{cfg.label_fraction}-seed{cfg.train.seed}"

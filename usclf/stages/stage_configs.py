@@ -91,6 +91,9 @@ class SemisupConfig:
     tau: float = 0.95                    # FixMatch confidence threshold (`>=`)
     lambda_u: float = 1.0                # FixMatch weight of the unlabelled loss
     mu: int = 7                          # FixMatch unlabelled:labelled ratio (images per step: mu * B)
+    # joint: labelled + weak + strong in one forward pass, BatchNorm over all (FixMatch; USB use_cat=True);
+    # separate: three passes, each normalised by its own statistics (USB use_cat=False; a control, issue 23)
+    forward: str = "joint"
     unlabeled_exams: int | None = None   # exams per unlabelled batch; null = round(mu * B / mean images per exam)
     min_count: int = 1                   # two-head vocabulary: label sets seen >= min_count times (docs/design.md §4.3)
     eval_every: int = 250                # steps between validations (not in the paper: 20 per 5000-step run)
@@ -127,6 +130,8 @@ def check_config(cfg: SemisupConfig) -> None:
         raise UsclfError(f"need 0 <= tau <= 1 and lambda_u >= 0 (got tau={cfg.tau}, lambda_u={cfg.lambda_u})")
     if cfg.labeled_epochs is not None and not cfg.labeled_epochs > 0:
         raise UsclfError(f"labeled_epochs must be > 0 or null, got {cfg.labeled_epochs}")
+    if cfg.forward not in ("joint", "separate"):
+        raise UsclfError(f"forward must be joint or separate, got '{cfg.forward}'")
     if cfg.teacher == "ema" and not cfg.train.ema:
         raise UsclfError("teacher=ema needs train.ema (an EMA decay such as 0.999)")
     leak = sorted(set(cfg.unlabeled_splits) & {cfg.dev_split, cfg.test_split})
