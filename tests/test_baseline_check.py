@@ -83,7 +83,10 @@ def test_cells_land_as_they_finish_a_rerun_skips_them_and_report_reads_the_csv(t
     mod.run(tmp_path / "out", **{**kw, "seeds": [0], "methods": ["kmeans"], "overrides": TINY + ["features.n_init=3"]})
     assert len(pd.read_csv(res)) == 7
 
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    before_readme = readme.read_bytes()
     assert mod.main(["--report", str(md), "--results", str(res)]) == 0
+    assert readme.read_bytes() == before_readme     # another results file never rewrites the project's README
     text = md.read_text()
     assert "## USPS (usps): paper 004 Table 3" in text and "## BreastMNIST (breastmnist)" in text
     kmeans_rows = [line for line in text.splitlines() if line.startswith("| kmeans |")]

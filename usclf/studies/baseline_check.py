@@ -224,8 +224,9 @@ def main(argv=None) -> int:
     p.add_argument("--results", default=str(RESULTS), help=f"results file, one row per cell (default {RESULTS})")
     p.add_argument("--report", nargs="?", const=str(REPORT), metavar="PATH",
                    help=f"only rebuild the Markdown report (default {REPORT}) from --results; trains nothing")
-    p.add_argument("--readme", default="README.md", help="with --report: the README whose generated baselines "
-                   "table (between its markers) is rebuilt from --results too (default README.md; none: skipped)")
+    p.add_argument("--readme", help="with --report: the README whose generated baselines table (between its "
+                   "markers) is rebuilt from --results too (default: README.md when --results is the default "
+                   f"{RESULTS}, else none)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///mlflow.db)")
     a = p.parse_args(argv)
     epochs = _section_epochs(a.epochs)
@@ -235,8 +236,9 @@ def main(argv=None) -> int:
         if a.report:
             write_report(Path(a.results), Path(a.report))
             print(f"baseline_check: {a.report} rebuilt from {a.results}")
-            if update_readme(Path(a.results), Path(a.readme)):
-                print(f"baseline_check: {a.readme}'s baselines table rebuilt from {a.results}")
+            readme = a.readme or ("README.md" if Path(a.results).resolve() == Path(RESULTS).resolve() else None)
+            if readme and update_readme(Path(a.results), Path(readme)):
+                print(f"baseline_check: {readme}'s baselines table rebuilt from {a.results}")
             return 0
         out = Path(a.out or Path("baseline_check_out") / a.dataset)
         with study_lock("baseline-check", out):
