@@ -150,7 +150,6 @@ def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
     b, h, w = raw.shape
     sel = params[:, OPS].cpu() > 0  # which images get which strong op: decided on the host, no device sync
     has_cut = bool((params[:, CUT.start + 2] > params[:, CUT.start]).any())
-    seeds = params[:, NOISE_SEED].to(torch.int64).to(dev, non_blocking=True)  # float32 cannot hold it
     p = params.to(torch.float32).to(dev, non_blocking=True)
     if kernels == "cpu":  # per image with cv2 in uint8: the cpu backend's calls, without its per-call overhead
         u8 = _warp_cv2(raw, params.cpu(), s)
@@ -165,6 +164,7 @@ def augment_batch(raw: torch.Tensor, params: torch.Tensor, cfg: AugmentConfig,
         x.round_()  # cv2 rounds the warp to uint8; a bilinear mix of 0..255 stays in range
         # cv2.convertScaleAbs: saturate(|alpha * x + beta|)
         x.mul_(p[:, ALPHA].view(-1, 1, 1, 1)).add_(p[:, BETA].view(-1, 1, 1, 1)).abs_().round_().clamp_(max=255)
+        seeds = params[:, NOISE_SEED].to(torch.int64).to(dev, non_blocking=True)  # float32 cannot hold it
         for j, name in enumerate(_STRONG_OP_NAMES):  # albumentations' SomeOf applies in list order
             idx = torch.nonzero(sel[:, j]).flatten()
             if len(idx) == 0:

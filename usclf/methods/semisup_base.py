@@ -138,9 +138,10 @@ class SemisupMethod(Method):
         else:  # USB's use_cat=False: labelled, strong, then weak without gradient (it only makes targets)
             if getattr(ctx, "world_size", 1) > 1:
                 raise UsclfError("forward=separate runs on one process only (DDP expects one forward per step)")
-            out_lab, out_strong = model(x), model(strong)
-            with torch.no_grad():
-                out_weak = model(weak)
+            out_lab, out_strong, out_weak = model(x), model(strong), None
+            if self.setup.teacher == "student":  # an EMA teacher makes the targets below
+                with torch.no_grad():
+                    out_weak = model(weak)
         l_sup, parts = self.labeled_loss(out_lab, y)
         teacher = getattr(ctx, "ema", None) if ctx is not None else None
         if self.setup.teacher == "ema":

@@ -130,8 +130,6 @@ def check_config(cfg: SemisupConfig) -> None:
         raise UsclfError(f"need 0 <= tau <= 1 and lambda_u >= 0 (got tau={cfg.tau}, lambda_u={cfg.lambda_u})")
     if cfg.labeled_epochs is not None and not cfg.labeled_epochs > 0:
         raise UsclfError(f"labeled_epochs must be > 0 or null, got {cfg.labeled_epochs}")
-    if cfg.forward not in ("joint", "separate"):
-        raise UsclfError(f"forward must be joint or separate, got '{cfg.forward}'")
     if cfg.teacher == "ema" and not cfg.train.ema:
         raise UsclfError("teacher=ema needs train.ema (an EMA decay such as 0.999)")
     leak = sorted(set(cfg.unlabeled_splits) & {cfg.dev_split, cfg.test_split})

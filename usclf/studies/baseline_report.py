@@ -27,10 +27,14 @@ def _num(v: float, digits: int) -> str:
     return "–" if math.isnan(v) else f"{v:.{digits}f}"
 
 
+def _mean_sd(vals: list[float], digits: int) -> str:
+    mean, sd, _, _ = _stats(vals)
+    return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}")
+
+
 def _summary(vals: list[float], digits: int) -> str:
-    mean, sd, lo, hi = _stats(vals)
-    return f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}") + \
-        f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    _, _, lo, hi = _stats(vals)
+    return _mean_sd(vals, digits) + f" [{lo:.{digits}f}, {hi:.{digits}f}]"
 
 
 def _row(method: str, settings: str, cells: list[dict], spec: Spec) -> str:
@@ -159,13 +163,9 @@ def readme_table(rows: list[dict]) -> str:
             cells = sorted(by_method[m], key=lambda c: int(c["seed"]))
             seeds = " ".join(c["seed"] for c in cells) + (" (one seed)" if len(cells) == 1 else "")
             paper = spec.numbers.get(m, (math.nan,) * 3)
-            mean_sd = []
-            for k in ("acc", "nmi"):
-                mean, sd, _, _ = _stats([spec.scale * float(c[k]) for c in cells])
-                mean_sd.append(f"{mean:.{digits}f}" + ("" if math.isnan(sd) else f" ± {sd:.{digits}f}"))
+            mean_sd = [_mean_sd([spec.scale * float(c[k]) for c in cells], digits) for k in ("acc", "nmi")]
             f1 = [float(c["test_f1"]) for c in cells if c.get("test_f1")]
-            f1_text = "–" if not f1 else f"{statistics.fmean(f1):.3f}" + (
-                f" ± {statistics.stdev(f1):.3f}" if len(f1) > 1 else "")
+            f1_text = _mean_sd(f1, 3) if f1 else "–"
             where = " + ".join(dict.fromkeys(_cpu_name(c["machine"]) for c in cells))
             lines.append(f"| {label} | {m} | {seeds} | {mean_sd[0]} | {_num(paper[0], digits)} | {mean_sd[1]} | "
                          f"{_num(paper[1], digits)} | {f1_text} | {where} |")
